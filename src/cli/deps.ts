@@ -1,0 +1,28 @@
+import type { Logger } from 'pino';
+import { VmsnapError } from '../errors.js';
+import type { ResolvedDomain } from '../config/load-config.js';
+import type { HypervisorDriver } from '../hypervisor/driver.js';
+import { createQemuDriver } from '../hypervisor/qemu/qemu-driver.js';
+import type { PipelineDeps, ProgressEvent } from '../pipeline/context.js';
+import { createBackends } from '../storage/create-backend.js';
+
+/** Wire the real drivers and backends for one process. */
+export function createPipelineDeps(logger: Logger, onProgress?: (e: ProgressEvent) => void): PipelineDeps {
+  const backends = createBackends();
+  return {
+    backends,
+    logger,
+    now: () => new Date(),
+    ...(onProgress !== undefined ? { onProgress } : {}),
+    driverFor(domain: ResolvedDomain): HypervisorDriver {
+      switch (domain.driver) {
+        case 'qemu':
+          return createQemuDriver(domain);
+        default:
+          throw new VmsnapError('unavailable', `domain ${domain.name}: the ${domain.driver} driver is not available in this version of vmsnap`, {
+            retryable: false,
+          });
+      }
+    },
+  };
+}

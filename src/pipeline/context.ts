@@ -1,0 +1,40 @@
+import type { Logger } from 'pino';
+import type { ResolvedDomain } from '../config/load-config.js';
+import { Catalog } from '../catalog/catalog.js';
+import { VmsnapError } from '../errors.js';
+import type { BackendName, DiskRef } from '../domain/model.js';
+import type { HypervisorDriver } from '../hypervisor/driver.js';
+import type { StorageBackend } from '../storage/backend.js';
+
+/** A step of a long operation, for progress bars and job progress. */
+export interface ProgressEvent {
+  step: string;
+  /** 0..1 when known. */
+  fraction?: number;
+  detail?: string;
+}
+
+/** Everything a pipeline procedure needs, passed in: no globals, no clock of its own. */
+export interface PipelineDeps {
+  backends: Record<BackendName, StorageBackend>;
+  driverFor(domain: ResolvedDomain): HypervisorDriver;
+  logger: Logger;
+  now(): Date;
+  onProgress?(event: ProgressEvent): void;
+}
+
+export function catalogFor(domain: ResolvedDomain): Catalog {
+  return new Catalog(domain.snapshotRoot);
+}
+
+export function diskRefs(domain: ResolvedDomain): DiskRef[] {
+  return domain.disks.map((d) => ({ target: d.target, path: d.path, format: d.format, backend: d.backend }));
+}
+
+export function findDisk(domain: ResolvedDomain, target: string): DiskRef {
+  const disk = diskRefs(domain).find((d) => d.target === target);
+  if (disk === undefined) {
+    throw new VmsnapError('conflict', `domain ${domain.name} no longer has disk ${target} in its config, but the snapshot does; restore the disk entry to act on this snapshot`);
+  }
+  return disk;
+}

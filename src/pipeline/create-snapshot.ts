@@ -1,0 +1,151 @@
+import { VmsnapError, atStep } from '../errors.js';
+import type { ResolvedDomain } from '../config/load-config.js';
+import { acquireLocalLock } from '../catalog/domain-lock.js';
+import type { Journal } from '../catalog/catalog.js';
+import type { ManifestDisk, SnapshotManifest } from '../domain/model.js';
+import { chooseSnapshotName, validateName } from '../domain/names.js';
+import { resolveSnapshotSpec, type ResolvedSnapshotPlan, type SnapshotOptions } from '../domain/resolve-spec.js';
+import { catalogFor, diskRefs, type PipelineDeps } from './context.js';
+
+export interface CreateSnapshotOptions extends SnapshotOptions {
+  name?: string;
+  origin?: 'adhoc' | 'policy';
+  policy?: string;
+  description?: string;
+  dryRun?: boolean;
+}
+
+export interface CreateSnapshotReport {
+  domain: string;
+  name: string;
+  dryRun: boolean;
+  plan: ResolvedSnapshotPlan;
+  manifest?: SnapshotManifest;
+}
+
+/**
+ * Take one snapshot. Everything it made is undone if any step fails, and
+ * the snapshot exists (is listed) only once its manifest is committed.
+ */
+export async function createSnapshot(
+  deps: PipelineDeps,
+  domain: ResolvedDomain,
+  options: CreateSnapshotOptions,
+): Promise<CreateSnapshotReport> {
+  if (options.name !== undefined) validateName(options.name, 'snapshot name');
+  const catalog = catalogFor(domain);
+  const log = deps.logger.child({ domain: domain.name });
+  // Refuse impossible requests before anything is created on disk; re-checked under the lock.
+  resolveSnapshotSpec(await deps.driverFor(domain).getState(), diskRefs(domain), options);
+  const domainDir = await catalog.ensureDomainDir(domain.name);
+  const release = await acquireLocalLock(domainDir, 'snapshot create');
+  try {
+    const driver = deps.driverFor(domain);
+    const state = await driver.getState();
+    const plan = resolveSnapshotSpec(state, diskRefs(domain), options);
+    const listing = await catalog.list(domain.name);
+    const taken = new Set([...listing.snapshots.map((s) => s.name), ...listing.partial.map((p) => p.name)]);
+    const startedAt = deps.now();
+    const name = options.name ?? chooseSnapshotName(startedAt, taken);
+    if (options.name !== undefined && taken.has(name)) {
+      throw new VmsnapError('conflict', `domain ${domain.name} already has a snapshot named "${name}"; choose another --name`);
+    }
+    if (options.dryRun === true) return { domain: domain.name, name, dryRun: true, plan };
+    if (state !== 'shutoff') {
+      throw new VmsnapError(
+        'unavailable',
+        `domain ${domain.name} is ${state}; this version of vmsnap snapshots shut-off domains only (live snapshots over QMP come next)`,
+        { retryable: false },
+      );
+    }
+
+    const dir = await catalog.begin(domain.name, name);
+    const journal: Journal = (await catalog.readJournal(dir)) as Journal;
+    const made: ManifestDisk[] = [];
+    const durationsMs: Record<string, number> = {};
+    const slog = log.child({ snapshot: name });
+    try {
+      for (const disk of plan.disks) {
+        if (disk.mode === 'no') {
+          made.push({ target: disk.target, path: disk.path, format: disk.format, mode: 'no' });
+          continue;
+        }
+        const step = `disk:${disk.target}`;
+        deps.onProgress?.({ step, detail: `${disk.mode} snapshot of ${disk.path}` });
+        const t0 = performance.now();
+        journal.steps.push({ step, at: deps.now().toISOString(), data: { phase: 'start', mode: disk.mode } });
+        await catalog.writeJournal(dir, journal);
+        let entry: ManifestDisk;
+        try {
+          entry = await deps.backends[disk.backend].create(disk, {
+            domain: domain.name,
+            name,
+            dir,
+            mode: disk.mode,
+            ...(disk.file !== undefined ? { file: disk.file } : {}),
+          });
+        } catch (err) {
+          throw atStep(step, err);
+        }
+        made.push(entry);
+        if (entry.file !== undefined) journal.files.push(entry.file);
+        journal.steps.push({ step, at: deps.now().toISOString(), data: { phase: 'done', entry } });
+        await catalog.writeJournal(dir, journal);
+        durationsMs[step] = Math.round(performance.now() - t0);
+        slog.info({ step, ms: durationsMs[step] }, 'disk snapshot taken');
+      }
+
+      const manifest: SnapshotManifest = {
+        version: 1,
+        name,
+        domain: domain.name,
+        createdAt: startedAt.toISOString(),
+        origin: options.origin ?? 'adhoc',
+        policy: options.origin === 'policy' ? (options.policy ?? null) : null,
+        kind: plan.kind,
+        state,
+        consistency: 'offline',
+        method: 'offline',
+        memory: { mode: 'no' },
+        disks: made,
+        parent: await catalog.getCurrent(domain.name),
+        durationsMs,
+        downtimeMs: null,
+        ...(options.description !== undefined ? { description: options.description } : {}),
+      };
+      await catalog.commit(manifest);
+      await catalog.setCurrent(domain.name, name);
+      slog.info({ kind: manifest.kind }, 'snapshot committed');
+      return { domain: domain.name, name, dryRun: false, plan, manifest };
+    } catch (err) {
+      slog.warn({ err }, 'snapshot failed; undoing');
+      if (await undoDisks(deps, domain, made)) {
+        await catalog.removeSnapshotDir(domain.name, name, journal.files).catch((cleanupErr: unknown) => {
+          slog.error({ err: cleanupErr, dir }, 'could not remove the partial snapshot folder');
+        });
+      } else {
+        slog.error({ dir }, 'partial snapshot kept with its journal for recovery');
+      }
+      throw err;
+    }
+  } finally {
+    await release();
+  }
+}
+
+/** Undo in reverse order; false when something could not be undone (the journal is then kept). */
+async function undoDisks(deps: PipelineDeps, domain: ResolvedDomain, made: readonly ManifestDisk[]): Promise<boolean> {
+  let ok = true;
+  for (const entry of [...made].reverse()) {
+    if (entry.mode === 'no') continue;
+    const disk = diskRefs(domain).find((d) => d.target === entry.target);
+    if (disk === undefined) continue;
+    try {
+      await deps.backends[disk.backend].undoCreate(disk, entry);
+    } catch (err) {
+      ok = false;
+      deps.logger.error({ err, domain: domain.name, disk: entry.target }, 'undo of a disk snapshot failed');
+    }
+  }
+  return ok;
+}
