@@ -24,7 +24,10 @@ if [ ${#pkgs[@]} -gt 0 ]; then
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund --loglevel=error
+  # npm 11 rejects lock files that omit other platforms' optional packages
+  # (msgpackr-extract); fall back to npm install, which honours the lock's versions.
+  npm ci --no-audit --no-fund --loglevel=error 2>/dev/null \
+    || npm install --no-audit --no-fund --loglevel=error
 fi
 npm run build --silent
 
