@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises';
 import type { BackendName, DiskRef, ManifestDisk } from '../domain/model.js';
 
 /** Where and under which name a backend stores one disk's part of a snapshot. */
@@ -37,4 +38,25 @@ export interface StorageBackend {
   delete(disk: DiskRef, entry: ManifestDisk, others: readonly ManifestDisk[]): Promise<void>;
   /** What the storage holds for this disk. */
   list(disk: DiskRef, known: readonly ManifestDisk[]): Promise<StoredSnapshot[]>;
+}
+
+/** The manifest entry for an external snapshot file, with the size and mtime a later revert checks. */
+export async function describeExternalFile(
+  disk: DiskRef,
+  method: ManifestDisk['method'],
+  file: string,
+  extra: Partial<ManifestDisk> = {},
+): Promise<ManifestDisk> {
+  const st = await stat(file);
+  return {
+    target: disk.target,
+    path: disk.path,
+    format: disk.format,
+    mode: 'external',
+    ...(method !== undefined ? { method } : {}),
+    file,
+    ...extra,
+    fileBytes: st.size,
+    fileMtimeMs: Math.trunc(st.mtimeMs),
+  };
 }

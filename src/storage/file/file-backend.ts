@@ -1,10 +1,10 @@
-import { chmod, rename, stat, unlink } from 'node:fs/promises';
+import { chmod, rename, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { VmsnapError } from '../../errors.js';
 import type { DiskRef, ManifestDisk } from '../../domain/model.js';
 import { FILE_MODE, fsyncPath, pathExists, removeFileIfPresent } from '../../catalog/fs-safe.js';
 import { runCommand } from '../../exec/run-command.js';
-import type { DiskSnapshotTarget, StorageBackend, StoredSnapshot } from '../backend.js';
+import { describeExternalFile, type DiskSnapshotTarget, type StorageBackend, type StoredSnapshot } from '../backend.js';
 import { replaceFile, tempBeside } from '../replace-file.js';
 
 /**
@@ -47,17 +47,7 @@ export function createFileBackend(options: { cp?: string; timeoutMs?: number } =
         await removeFileIfPresent(tmp);
         throw err;
       }
-      const st = await stat(dest);
-      return {
-        target: disk.target,
-        path: disk.path,
-        format: disk.format,
-        mode: 'external',
-        method: 'file-copy',
-        file: dest,
-        fileBytes: st.size,
-        fileMtimeMs: Math.trunc(st.mtimeMs),
-      };
+      return describeExternalFile(disk, 'file-copy', dest);
     },
 
     async undoCreate(_disk, entry) {

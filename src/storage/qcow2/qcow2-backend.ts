@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { VmsnapError } from '../../errors.js';
 import type { DiskRef, ManifestDisk } from '../../domain/model.js';
 import { fsyncPath, pathExists, removeFileIfPresent } from '../../catalog/fs-safe.js';
-import type { DiskSnapshotTarget, StorageBackend, StoredSnapshot } from '../backend.js';
+import { describeExternalFile, type DiskSnapshotTarget, type StorageBackend, type StoredSnapshot } from '../backend.js';
 import { replaceFile, tempBeside } from '../replace-file.js';
 import { QemuImg, type QemuImgInfo } from './qemu-img.js';
 
@@ -74,18 +74,7 @@ export function createQcow2Backend(options: { qemuImg?: QemuImg } = {}): Storage
         await unlink(frozen).catch(() => undefined);
         throw err;
       }
-      const st = await stat(frozen);
-      return {
-        target: disk.target,
-        path: disk.path,
-        format: disk.format,
-        mode: 'external',
-        method: 'qcow2-external',
-        file: frozen,
-        backing: top['full-backing-filename'] ?? null,
-        fileBytes: st.size,
-        fileMtimeMs: Math.trunc(st.mtimeMs),
-      };
+      return describeExternalFile(disk, 'qcow2-external', frozen, { backing: top['full-backing-filename'] ?? null });
     },
 
     async undoCreate(disk, entry) {
