@@ -17,7 +17,7 @@ export function createPipelineDeps(logger: Logger, onProgress?: (e: ProgressEven
     driverFor(domain: ResolvedDomain): HypervisorDriver {
       switch (domain.driver) {
         case 'qemu':
-          return createQemuDriver(domain);
+          return createQemuDriver(domain, { logger });
         default:
           throw new VmsnapError('unavailable', `domain ${domain.name}: the ${domain.driver} driver is not available in this version of vmsnap`, {
             retryable: false,

@@ -78,5 +78,7 @@ export function formatCreated(m: SnapshotManifest): string {
   const disks = m.disks
     .map((d) => `${d.target} ${d.mode}${d.tag ? ` (tag ${d.tag})` : ''}${d.file ? ` (${d.file})` : ''}`)
     .join(', ');
-  return `snapshot ${m.name} of ${m.domain} created: ${m.kind}, ${m.consistency}; ${disks}`;
+  const memory = m.memory.mode === 'external' ? `; memory ${m.memory.file} (${Math.round(m.memory.bytes / 1048576)} MiB)` : m.memory.mode === 'internal' ? `; memory inside ${m.memory.disk}` : '';
+  const timing = m.downtimeMs !== null ? `; method ${m.method}, guest paused ${m.downtimeMs} ms` : m.method !== 'offline' ? `; method ${m.method}` : '';
+  return `snapshot ${m.name} of ${m.domain} created: ${m.kind}, ${m.consistency}; ${disks}${memory}${timing}`;
 }

@@ -11,6 +11,7 @@ import type { ProgressEvent } from '../pipeline/context.js';
 import type { RetentionRules } from '../domain/retention-rules.js';
 import { parseRfc3339, parseTimesInput, simulateRetention, formatRetentionTable } from '../domain/simulate-retention.js';
 import { createPipelineDeps } from './deps.js';
+import { createProgressPrinter } from './progress.js';
 import { formatCreated, formatPlan, formatSnapshotList } from './format-snapshots.js';
 import { parseCountFlag, parseDiskFlags, parseMemoryFlag } from './parse-flags.js';
 
@@ -39,9 +40,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   const out = (text: string) => io.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
   const json = (value: unknown) => out(JSON.stringify(value, null, 2));
   const logger = createLogger(process.env['VMSNAP_LOG_LEVEL'] ?? 'warn');
-  const progress = (e: ProgressEvent) => {
-    if (io.stderr.isTTY === true) io.stderr.write(`  ${e.step}${e.detail ? `: ${e.detail}` : ''}\n`);
-  };
+  const progress: (e: ProgressEvent) => void = createProgressPrinter(io.stderr);
 
   const program = new Command('vmsnap')
     .description('Scheduled and ad-hoc snapshots of virtual machines (QEMU/KVM, libvirt, Xen), pruned by retention policy.')
@@ -72,7 +71,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--disk <target=mode[,file=path]>', 'per-disk mode: no | internal | external (repeatable)', collect, [])
     .option('--memory <mode>', 'memory: no | internal (inside the qcow2 disks) | external (a file in the snapshot folder)')
     .option('--disk-only', 'snapshot disks only, never memory')
-    .option('--live', 'save memory while the guest keeps running (running domains)')
+    .option('--live', 'save memory while the guest keeps running (running domains): a QEMU background snapshot, else a live migration to the file')
+    .option('--halt', 'shut the domain down once the snapshot is taken (its state is in the snapshot)')
     .option('--description <text>', 'free text stored in the manifest')
     .option('--dry-run', 'print the resolved plan and change nothing')
     .option('--json', 'print the result as JSON')
@@ -99,6 +99,7 @@ Examples:
         ...(opts.memory !== undefined ? { memory: parseMemoryFlag(opts.memory) } : {}),
         ...(opts.diskOnly ? { diskOnly: true } : {}),
         ...(opts.live ? { live: true } : {}),
+        ...(opts.halt ? { halt: true } : {}),
         dryRun: opts.dryRun === true,
         origin: 'adhoc',
       });
@@ -135,23 +136,36 @@ Examples:
     .argument('<domain>', 'domain name from the config')
     .argument('<name>', 'snapshot name')
     .option('--force', 'revert even where state that is in no snapshot is lost or mixed (see below)')
+    .option('--running', 'leave the domain running afterwards, whatever the snapshot recorded')
+    .option('--paused', 'leave the domain paused afterwards')
     .option('--json', 'print the result as JSON')
     .addHelpText(
       'after',
       `
-The domain's current disk content is replaced by the snapshot's. --force is
-needed when the revert cannot restore everything: a full-system snapshot whose
-memory cannot be loaded (disks only), a snapshot file changed since it was
-taken, or disks that are not in the snapshot.`,
+The domain's current state is replaced by the snapshot's. A full-system
+snapshot restores memory and disks: with snapshot-load when the memory is
+inside the qcow2 disks; by restarting QEMU with -incoming from the memory
+file otherwise (this needs the domain's launch command in the config).
+Afterwards the domain is in the state the snapshot recorded (running or
+paused) unless --running or --paused says otherwise.
+
+--force is needed when the revert cannot restore everything: a running domain
+reverted to a disk-only snapshot (its memory is lost and it restarts from the
+disks), a full-system snapshot whose memory cannot be loaded (no launch
+command), a snapshot file changed since it was taken, or disks that are not
+in the snapshot.`,
     )
-    .action(async (domainName: string, name: string, opts: { force?: boolean; json?: boolean }) => {
+    .action(async (domainName: string, name: string, opts: { force?: boolean; running?: boolean; paused?: boolean; json?: boolean }) => {
       const cfg = await config();
       const report = await revertSnapshot(createPipelineDeps(logger, opts.json ? undefined : progress), findDomain(cfg, domainName), name, {
         force: opts.force === true,
+        running: opts.running === true,
+        paused: opts.paused === true,
       });
       if (opts.json) json(report);
       else {
-        out(`domain ${report.domain} reverted to ${report.name}: ${report.disks.map((d) => `${d.target} ${d.reverted ? 'reverted' : 'unchanged'}`).join(', ')}`);
+        const what = report.memoryRestored ? 'memory and disks' : report.disks.map((d) => `${d.target} ${d.reverted ? 'reverted' : 'unchanged'}`).join(', ');
+        out(`domain ${report.domain} reverted to ${report.name} (${what}); now ${report.state}`);
         for (const w of report.warnings) io.stderr.write(`vmsnap: warning: ${w}\n`);
       }
     });
@@ -165,8 +179,12 @@ taken, or disks that are not in the snapshot.`,
     .addHelpText(
       'after',
       `
-External snapshots in the middle of a chain are merged into their children
-(qemu-img rebase) before their file goes. An interrupted delete is finished by
+Internal snapshots are removed from the qcow2 images (QEMU's snapshot-delete
+job while the domain runs). External snapshots: while the domain runs, QEMU
+commits the newer data down into the snapshot's image (block-commit), which
+then takes the newer image's name, so the chain shrinks and nothing is lost;
+while it is shut off, children are rebased (qemu-img rebase) before the
+file goes. An interrupted delete is finished by
 running the same command again.`,
     )
     .action(async (domainName: string, name: string, opts: { json?: boolean }) => {
@@ -267,6 +285,7 @@ interface CreateFlags {
   memory?: string;
   diskOnly?: boolean;
   live?: boolean;
+  halt?: boolean;
   description?: string;
   dryRun?: boolean;
   json?: boolean;

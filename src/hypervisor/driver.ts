@@ -1,11 +1,70 @@
-import type { DomainState } from '../domain/model.js';
+import type { Consistency, DomainState, SnapshotKind, ManifestDisk, ManifestMemory, SnapshotManifest } from '../domain/model.js';
+import type { ResolvedSnapshotPlan } from '../domain/resolve-spec.js';
+import type { BackendName } from '../domain/model.js';
+import type { StorageBackend } from '../storage/backend.js';
+
+/** A step of a long operation, for progress bars and job progress. */
+export interface ProgressEvent {
+  step: string;
+  /** 0..1 when known. */
+  fraction?: number;
+  detail?: string;
+}
+
+/** A snapshot of a domain that runs (or is paused): the driver owns the guest, the pipeline the catalog. */
+export interface OnlineSnapshotRequest {
+  name: string;
+  /** The snapshot's folder (0700), already created with its journal. */
+  dir: string;
+  plan: ResolvedSnapshotPlan;
+  /** Shut the domain down once the snapshot is taken. */
+  halt: boolean;
+  backends: Record<BackendName, StorageBackend>;
+  /** Record a step in the snapshot's journal before and after it runs. */
+  journal(step: string, data?: Record<string, unknown>): Promise<void>;
+  onProgress?(event: ProgressEvent): void;
+}
+
+export interface OnlineSnapshotResult {
+  /** "pause-save", "internal", "background", "live-migrate", "disk-only". */
+  method: string;
+  kind: SnapshotKind;
+  consistency: Consistency;
+  memory: ManifestMemory;
+  disks: ManifestDisk[];
+  durationsMs: Record<string, number>;
+  downtimeMs: number | null;
+  /** Files made, so the pipeline's cleanup may remove them. */
+  files: string[];
+}
+
+export interface RevertRequest {
+  /** The state the domain is left in; defaults to the snapshot's recorded state. */
+  targetState: 'running' | 'paused';
+  backends: Record<BackendName, StorageBackend>;
+  onProgress?(event: ProgressEvent): void;
+}
 
 /**
- * What vmsnap needs from a hypervisor. The foundation only asks for the
- * state; running-domain operations (pause, save memory, online disk
- * snapshots, revert) extend this interface with the QMP driver.
+ * What vmsnap needs from a hypervisor. `getState` is all the offline path
+ * uses; the online operations run on a running or paused domain (or, for
+ * revert, bring the domain back up with the snapshot's memory).
  */
 export interface HypervisorDriver {
   readonly name: 'qemu' | 'libvirt' | 'xen';
   getState(): Promise<DomainState>;
+  createOnline(request: OnlineSnapshotRequest): Promise<OnlineSnapshotResult>;
+  /** Restore memory and disks; the domain may be running, paused or shut off. */
+  revertFullSystem(manifest: SnapshotManifest, request: RevertRequest): Promise<void>;
+  /** Whether a shut-off domain can be started (a revert to memory needs it). */
+  canStart(): boolean;
+  /** Start a shut-off domain from its disks (a fresh boot). */
+  start(options: { paused: boolean }): Promise<void>;
+  /** Stop the domain now (like pulling the plug); waits until its images are free. */
+  destroy(): Promise<void>;
+  /**
+   * Delete a snapshot's disk data that the running hypervisor holds open; returns
+   * the entries it handled (the storage backend does the rest). The manifest is the pipeline's.
+   */
+  deleteOnline(manifest: SnapshotManifest): Promise<ManifestDisk[]>;
 }

@@ -6,13 +6,9 @@ import type { BackendName, DiskRef } from '../domain/model.js';
 import type { HypervisorDriver } from '../hypervisor/driver.js';
 import type { StorageBackend } from '../storage/backend.js';
 
-/** A step of a long operation, for progress bars and job progress. */
-export interface ProgressEvent {
-  step: string;
-  /** 0..1 when known. */
-  fraction?: number;
-  detail?: string;
-}
+import type { ProgressEvent } from '../hypervisor/driver.js';
+
+export type { ProgressEvent } from '../hypervisor/driver.js';
 
 /** Everything a pipeline procedure needs, passed in: no globals, no clock of its own. */
 export interface PipelineDeps {

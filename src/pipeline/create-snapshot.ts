@@ -13,6 +13,8 @@ export interface CreateSnapshotOptions extends SnapshotOptions {
   policy?: string;
   description?: string;
   dryRun?: boolean;
+  /** Shut the domain down once the snapshot is taken (running domains). */
+  halt?: boolean;
 }
 
 export interface CreateSnapshotReport {
@@ -52,11 +54,10 @@ export async function createSnapshot(
     }
     if (options.dryRun === true) return { domain: domain.name, name, dryRun: true, plan };
     if (state !== 'shutoff') {
-      throw new VmsnapError(
-        'unavailable',
-        `domain ${domain.name} is ${state}; this version of vmsnap snapshots shut-off domains only (live snapshots over QMP come next)`,
-        { retryable: false },
-      );
+      return { domain: domain.name, name, dryRun: false, plan, manifest: await createOnline(deps, domain, plan, name, startedAt, options) };
+    }
+    if (options.halt === true) {
+      throw new VmsnapError('invalid-spec', `domain ${domain.name} is already shut off; drop --halt`);
     }
 
     const dir = await catalog.begin(domain.name, name);
@@ -148,4 +149,67 @@ async function undoDisks(deps: PipelineDeps, domain: ResolvedDomain, made: reado
     }
   }
   return ok;
+}
+
+/**
+ * A running or paused domain: the hypervisor driver runs the guest side
+ * (pause, memory, disks, resume) and this side keeps the journal and commits
+ * the manifest, or removes the folder when the driver undid its work.
+ */
+async function createOnline(
+  deps: PipelineDeps,
+  domain: ResolvedDomain,
+  plan: ResolvedSnapshotPlan,
+  name: string,
+  startedAt: Date,
+  options: CreateSnapshotOptions,
+): Promise<SnapshotManifest> {
+  const catalog = catalogFor(domain);
+  const slog = deps.logger.child({ domain: domain.name, snapshot: name });
+  const dir = await catalog.begin(domain.name, name);
+  const journal: Journal = (await catalog.readJournal(dir)) as Journal;
+  try {
+    const result = await deps.driverFor(domain).createOnline({
+      name,
+      dir,
+      plan,
+      halt: options.halt === true,
+      backends: deps.backends,
+      async journal(step, data) {
+        journal.steps.push({ step, at: deps.now().toISOString(), ...(data !== undefined ? { data } : {}) });
+        await catalog.writeJournal(dir, journal);
+      },
+      ...(deps.onProgress !== undefined ? { onProgress: deps.onProgress } : {}),
+    });
+    journal.files.push(...result.files);
+    await catalog.writeJournal(dir, journal);
+    const manifest: SnapshotManifest = {
+      version: 1,
+      name,
+      domain: domain.name,
+      createdAt: startedAt.toISOString(),
+      origin: options.origin ?? 'adhoc',
+      policy: options.origin === 'policy' ? (options.policy ?? null) : null,
+      kind: result.kind,
+      state: plan.state,
+      consistency: result.consistency,
+      method: result.method,
+      memory: result.memory,
+      disks: result.disks,
+      parent: await catalog.getCurrent(domain.name),
+      durationsMs: result.durationsMs,
+      downtimeMs: result.downtimeMs,
+      ...(options.description !== undefined ? { description: options.description } : {}),
+    };
+    await catalog.commit(manifest);
+    await catalog.setCurrent(domain.name, name);
+    slog.info({ kind: manifest.kind, method: manifest.method, downtimeMs: manifest.downtimeMs }, 'snapshot committed');
+    return manifest;
+  } catch (err) {
+    // The driver undid its part (resumed the guest, removed its files); the folder goes too.
+    await catalog.removeSnapshotDir(domain.name, name, journal.files).catch((cleanupErr: unknown) => {
+      slog.error({ err: cleanupErr, dir }, 'could not remove the partial snapshot folder; it is reported as partial');
+    });
+    throw err;
+  }
 }

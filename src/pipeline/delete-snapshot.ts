@@ -42,7 +42,20 @@ export async function deleteLocked(
   if (!marked) await catalog.markDeleting(domain.name, name);
   const log = deps.logger.child({ domain: domain.name, snapshot: name });
 
+  // A running hypervisor holds the images open: it removes what it holds (internal tags,
+  // frozen images in its active chain); the backends do the rest.
+  const driver = deps.driverFor(domain);
+  let handled: readonly { target: string }[] = [];
+  if ((await driver.getState()) !== 'shutoff') {
+    deps.onProgress?.({ step: 'delete:online' });
+    try {
+      handled = await driver.deleteOnline(manifest);
+    } catch (err) {
+      throw atStep('delete:online', err);
+    }
+  }
   for (const { entry, disk } of disks) {
+    if (handled.some((h) => h.target === entry.target)) continue;
     const step = `delete:${entry.target}`;
     deps.onProgress?.({ step });
     const siblings = others.flatMap((o) => o.disks.filter((d) => d.target === entry.target));

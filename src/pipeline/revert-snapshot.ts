@@ -2,12 +2,15 @@ import { stat } from 'node:fs/promises';
 import { VmsnapError, atStep } from '../errors.js';
 import type { ResolvedDomain } from '../config/load-config.js';
 import { acquireLocalLock } from '../catalog/domain-lock.js';
-import type { ManifestDisk, SnapshotManifest } from '../domain/model.js';
+import type { DomainState, ManifestDisk, SnapshotManifest } from '../domain/model.js';
 import { validateName } from '../domain/names.js';
 import { catalogFor, findDisk, type PipelineDeps } from './context.js';
 
 export interface RevertSnapshotOptions {
   force?: boolean;
+  /** Leave the domain running (or paused) after the revert, whatever the snapshot recorded. */
+  running?: boolean;
+  paused?: boolean;
 }
 
 export interface RevertSnapshotReport {
@@ -15,15 +18,22 @@ export interface RevertSnapshotReport {
   name: string;
   disks: { target: string; reverted: boolean }[];
   warnings: string[];
+  /** How the revert was done: memory restored, or disks only. */
+  memoryRestored: boolean;
+  /** The domain's state afterwards. */
+  state: 'running' | 'paused' | 'shutoff';
 }
 
 /** Reasons a revert would lose or mix state that no snapshot holds; --force accepts them. */
-async function revertHazards(manifest: SnapshotManifest): Promise<string[]> {
+async function revertHazards(manifest: SnapshotManifest, restoresMemory: boolean, state: DomainState): Promise<string[]> {
   const hazards: string[] = [];
-  if (manifest.memory.mode !== 'no') {
+  if (manifest.memory.mode !== 'no' && !restoresMemory) {
     hazards.push(
-      `"${manifest.name}" is a full-system snapshot and this domain is shut off: only its disks are restored, so the guest boots from crash-consistent disks`,
+      `"${manifest.name}" is a full-system snapshot but vmsnap cannot start this domain (no launch command): only its disks are restored, so the guest boots from crash-consistent disks`,
     );
+  }
+  if (!restoresMemory && state !== 'shutoff') {
+    hazards.push(`domain is ${state}: its current memory is discarded and it restarts from the snapshot's disks, like after a power cut`);
   }
   for (const disk of manifest.disks) {
     if (disk.file === undefined || disk.fileBytes === undefined) continue;
@@ -38,7 +48,11 @@ async function revertHazards(manifest: SnapshotManifest): Promise<string[]> {
   return hazards;
 }
 
-/** Bring a shut-off domain's disks back to a snapshot; later snapshots stay valid. */
+/**
+ * Bring a domain back to a snapshot; later snapshots stay valid. A full-system
+ * snapshot restores memory too when the driver can (the domain runs, or can be
+ * started); otherwise the disks are restored and the domain boots from them.
+ */
 export async function revertSnapshot(
   deps: PipelineDeps,
   domain: ResolvedDomain,
@@ -52,30 +66,61 @@ export async function revertSnapshot(
   try {
     const manifest = await catalog.read(domain.name, name);
     const disks = manifest.disks.filter((d) => d.mode !== 'no').map((d) => ({ entry: d, disk: findDisk(domain, d.target) }));
-    const state = await deps.driverFor(domain).getState();
-    if (state !== 'shutoff') {
-      throw new VmsnapError('unavailable', `domain ${domain.name} is ${state}; this version of vmsnap reverts shut-off domains only; shut it down first`, {
-        retryable: false,
-      });
-    }
-    const hazards = await revertHazards(manifest);
+    const driver = deps.driverFor(domain);
+    const state = await driver.getState();
+    const restoresMemory = manifest.memory.mode !== 'no' && (state !== 'shutoff' || driver.canStart());
+    const hazards = await revertHazards(manifest, restoresMemory, state);
     if (hazards.length > 0 && options.force !== true) {
       throw new VmsnapError('conflict', `refusing to revert without --force: ${hazards.join('; ')}`);
     }
-    const log = deps.logger.child({ domain: domain.name, snapshot: name });
-    const report: RevertSnapshotReport = { domain: domain.name, name, disks: [], warnings: hazards };
-    for (const { entry, disk } of disks) {
-      const step = `revert:${entry.target}`;
-      deps.onProgress?.({ step, detail: `${disk.path} ← ${describe(entry)}` });
-      try {
-        await deps.backends[disk.backend].revert(disk, entry);
-      } catch (err) {
-        throw atStep(step, err);
-      }
-      log.info({ step }, 'disk reverted');
-      report.disks.push({ target: entry.target, reverted: true });
+    if (options.running === true && options.paused === true) {
+      throw new VmsnapError('usage', '--running and --paused contradict each other; give one');
     }
-    for (const d of manifest.disks.filter((x) => x.mode === 'no')) report.disks.push({ target: d.target, reverted: false });
+    const wanted = options.paused === true ? 'paused' : options.running === true ? 'running' : manifest.state;
+    const log = deps.logger.child({ domain: domain.name, snapshot: name });
+    const report: RevertSnapshotReport = { domain: domain.name, name, disks: [], warnings: hazards, memoryRestored: restoresMemory, state: 'shutoff' };
+
+    if (restoresMemory) {
+      const targetState = wanted === 'paused' ? 'paused' : 'running';
+      try {
+        await driver.revertFullSystem(manifest, {
+          targetState,
+          backends: deps.backends,
+          ...(deps.onProgress !== undefined ? { onProgress: deps.onProgress } : {}),
+        });
+      } catch (err) {
+        throw atStep('revert', err);
+      }
+      for (const d of manifest.disks) report.disks.push({ target: d.target, reverted: d.mode !== 'no' });
+      report.state = targetState;
+      log.info({ state: targetState }, 'reverted with memory');
+    } else {
+      if (state !== 'shutoff') {
+        deps.onProgress?.({ step: 'stop' });
+        await driver.destroy();
+      }
+      for (const { entry, disk } of disks) {
+        const step = `revert:${entry.target}`;
+        deps.onProgress?.({ step, detail: `${disk.path} ← ${describe(entry)}` });
+        try {
+          await deps.backends[disk.backend].revert(disk, entry);
+        } catch (err) {
+          throw atStep(step, err);
+        }
+        log.info({ step }, 'disk reverted');
+        report.disks.push({ target: entry.target, reverted: true });
+      }
+      for (const d of manifest.disks.filter((x) => x.mode === 'no')) report.disks.push({ target: d.target, reverted: false });
+      if (wanted !== 'shutoff') {
+        if (driver.canStart()) {
+          deps.onProgress?.({ step: 'start' });
+          await driver.start({ paused: wanted === 'paused' });
+          report.state = wanted;
+        } else {
+          report.warnings.push(`the snapshot was taken ${wanted} but vmsnap cannot start this domain (no launch command); it stays shut off`);
+        }
+      }
+    }
     await catalog.setCurrent(domain.name, name);
     return report;
   } finally {

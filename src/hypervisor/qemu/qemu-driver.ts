@@ -1,14 +1,30 @@
-import { VmsnapError } from '../../errors.js';
-import type { DomainState } from '../../domain/model.js';
-import type { QemuDomain } from '../../config/load-config.js';
-import { QemuImg } from '../../storage/qcow2/qemu-img.js';
-import type { HypervisorDriver } from '../driver.js';
+import { open, rename, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { connect } from 'node:net';
+import { execa } from 'execa';
+import pino, { type Logger } from 'pino';
+import { VmsnapError } from '../../errors.js';
+import type { DomainState, ManifestDisk, SnapshotManifest } from '../../domain/model.js';
+import type { QemuDomain } from '../../config/load-config.js';
+import { FILE_MODE, fsyncPath } from '../../catalog/fs-safe.js';
+import { QemuImg } from '../../storage/qcow2/qemu-img.js';
+import type { HypervisorDriver, OnlineSnapshotRequest, RevertRequest } from '../driver.js';
+import { QemuMonitor, shellQuotePath } from './qemu-monitor.js';
+import { createQemuSnapshot } from './qemu-snapshot.js';
 
 export interface QemuDriverOptions {
   qemuImg?: QemuImg;
+  logger?: Logger;
   qmpTimeoutMs?: number;
+  /** Longest a memory save or load may take. */
+  saveTimeoutMs?: number;
+  /** Longest a live migration may try to converge before vmsnap pauses the guest instead. */
+  convergeTimeoutMs?: number;
+  /** Longest to wait for a started or stopped QEMU. */
+  startTimeoutMs?: number;
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
  * QEMU/KVM domains through their QMP socket. A socket that does not answer
@@ -17,18 +33,243 @@ export interface QemuDriverOptions {
  */
 export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions = {}): HypervisorDriver {
   const img = options.qemuImg ?? new QemuImg();
+  const logger = options.logger ?? pino({ level: 'silent' });
   const timeoutMs = options.qmpTimeoutMs ?? 5_000;
+  const saveTimeoutMs = options.saveTimeoutMs ?? 30 * 60_000;
+  const startTimeoutMs = options.startTimeoutMs ?? 60_000;
+  const monitor = (): QemuMonitor => new QemuMonitor(domain.qmpSocket, { connectTimeoutMs: timeoutMs, commandTimeoutMs: Math.max(timeoutMs, 30_000) });
+
+  async function withMonitor<T>(fn: (mon: QemuMonitor) => Promise<T>): Promise<T> {
+    const mon = monitor();
+    try {
+      return await fn(mon);
+    } finally {
+      mon.close();
+    }
+  }
+
+  async function getState(): Promise<DomainState> {
+    const answered = await probeSocket(domain.qmpSocket, timeoutMs);
+    if (!answered) {
+      await assertImagesUnlocked(domain, img);
+      return 'shutoff';
+    }
+    const s = await withMonitor((mon) => mon.status());
+    return s.running ? 'running' : 'paused';
+  }
+
+  /** QEMU quits; resolves once its QMP socket is gone and its images are unlocked. */
+  async function destroy(): Promise<void> {
+    if (await probeSocket(domain.qmpSocket, timeoutMs)) {
+      await withMonitor((mon) => mon.execute('quit')).catch(() => undefined);
+    }
+    const deadline = Date.now() + startTimeoutMs;
+    for (;;) {
+      try {
+        if ((await getState()) === 'shutoff') return;
+      } catch (err) {
+        if (!(err instanceof VmsnapError) || err.code !== 'unavailable' || Date.now() > deadline) throw err;
+      }
+      if (Date.now() > deadline) throw new VmsnapError('timeout', `domain ${domain.name}: QEMU did not exit within ${startTimeoutMs} ms of quit`);
+      await sleep(100);
+    }
+  }
+
+  /** Run the domain's launch command (plus extra arguments) and wait for its QMP socket. */
+  async function launch(extra: string[]): Promise<void> {
+    const argv = domain.launch;
+    if (argv === undefined || argv.length === 0) {
+      throw new VmsnapError(
+        'config',
+        `domain ${domain.name} has no "launch" command in the config, so vmsnap cannot start it; add launch: [qemu-system-x86_64, ...] (the argv that starts this domain)`,
+      );
+    }
+    const [file, ...args] = argv as [string, ...string[]];
+    const logFile = join(domain.snapshotRoot, domain.name, 'qemu-launch.log');
+    await (await open(logFile, 'a', FILE_MODE)).close();
+    const child = execa(file, [...args, ...extra], {
+      detached: true,
+      cleanup: false,
+      reject: false,
+      stdin: 'ignore',
+      stdout: { file: logFile, append: true },
+      stderr: { file: logFile, append: true },
+    });
+    child.unref();
+    let exitCode: number | undefined;
+    void child.then((r) => {
+      exitCode = r.exitCode ?? -1;
+    });
+    const deadline = Date.now() + startTimeoutMs;
+    while (!(await probeSocket(domain.qmpSocket, timeoutMs).catch(() => false))) {
+      if (exitCode !== undefined && exitCode !== 0) {
+        throw new VmsnapError('command-failed', `domain ${domain.name}: the launch command exited with ${exitCode}; see ${logFile}`);
+      }
+      if (Date.now() > deadline) {
+        throw new VmsnapError('timeout', `domain ${domain.name}: QMP socket ${domain.qmpSocket} did not appear within ${startTimeoutMs} ms of launch; see ${logFile}`);
+      }
+      await sleep(50);
+    }
+  }
+
+  async function start(opts: { paused: boolean }): Promise<void> {
+    await launch(opts.paused ? ['-S'] : []);
+  }
+
+  async function setRunState(mon: QemuMonitor, target: 'running' | 'paused'): Promise<void> {
+    const s = await mon.status();
+    if (target === 'running' && !s.running) await mon.execute('cont');
+    if (target === 'paused' && s.running) await mon.execute('stop');
+  }
+
+  async function revertFullSystem(manifest: SnapshotManifest, req: RevertRequest): Promise<void> {
+    const memory = manifest.memory;
+    if (memory.mode === 'internal') {
+      if ((await getState()) === 'shutoff') await start({ paused: true });
+      await withMonitor(async (mon) => {
+        const devices = await mon.blockDevices();
+        const nodeOf = (target: string): string => {
+          const dev = devices.find((d) => d.id === target) ?? devices.find((d) => d.filename === domain.disks.find((x) => x.target === target)?.path);
+          if (dev === undefined) throw new VmsnapError('conflict', `domain ${domain.name}: QEMU has no block device "${target}" to load the snapshot into`);
+          return dev.nodeName;
+        };
+        const internal = manifest.disks.filter((d) => d.mode === 'internal');
+        req.onProgress?.({ step: 'load' });
+        await mon.runJob(
+          'snapshot-load',
+          { 'job-id': `vmsnap-load-${Date.now()}`, tag: internal[0]?.tag ?? manifest.name, vmstate: nodeOf(memory.disk), devices: internal.map((d) => nodeOf(d.target)) },
+          saveTimeoutMs,
+        );
+        await setRunState(mon, req.targetState);
+      });
+      return;
+    }
+    if (memory.mode !== 'external') throw new VmsnapError('internal', 'revertFullSystem called for a disk-only snapshot');
+    const st = await stat(memory.file).catch(() => undefined);
+    if (st === undefined || st.size !== memory.bytes) {
+      throw new VmsnapError('not-found', `snapshot ${manifest.name}: memory image ${memory.file} is ${st === undefined ? 'missing' : `${st.size} bytes, not ${memory.bytes}`}`);
+    }
+    if (domain.launch === undefined) {
+      throw new VmsnapError('config', `domain ${domain.name} has no "launch" command in the config; reverting to a snapshot with a memory file restarts QEMU with -incoming and needs it`);
+    }
+    req.onProgress?.({ step: 'stop' });
+    await destroy();
+    for (const entry of manifest.disks) {
+      if (entry.mode === 'no') continue;
+      const disk = domain.disks.find((d) => d.target === entry.target);
+      if (disk === undefined) throw new VmsnapError('conflict', `domain ${domain.name} no longer has disk ${entry.target}`);
+      req.onProgress?.({ step: `revert:${entry.target}` });
+      await req.backends[disk.backend].revert(disk, entry);
+    }
+    req.onProgress?.({ step: 'load' });
+    await launch(['-S', '-incoming', 'defer']);
+    await withMonitor(async (mon) => {
+      await mon.execute('migrate-incoming', { uri: `exec:cat ${shellQuotePath(memory.file)}` });
+      const deadline = Date.now() + saveTimeoutMs;
+      for (;;) {
+        const s = await mon.status();
+        const m = await mon.migration();
+        if (m.status === 'failed') throw new VmsnapError('qmp', `loading ${memory.file} failed${m.errorDesc !== undefined ? `: ${m.errorDesc}` : ''}`);
+        if (s.status !== 'inmigrate' && m.status === 'completed') break;
+        if (Date.now() > deadline) throw new VmsnapError('timeout', `loading ${memory.file} did not finish within ${saveTimeoutMs} ms`);
+        await sleep(100);
+      }
+      await setRunState(mon, req.targetState);
+    });
+  }
+
+  /**
+   * Delete a snapshot while QEMU runs the domain: internal tags with the
+   * snapshot-delete job; external frozen images in QEMU's active chain with
+   * block-commit, so the chain shrinks and no data is lost. Returns the
+   * entries it handled; the others are left to the storage backend.
+   */
+  async function deleteOnline(manifest: SnapshotManifest): Promise<ManifestDisk[]> {
+    const handled: ManifestDisk[] = [];
+    await withMonitor(async (mon) => {
+      const devices = await mon.blockDevices();
+      const deviceFor = (entry: ManifestDisk) => devices.find((d) => d.id === entry.target) ?? devices.find((d) => d.filename === entry.path);
+      const internal = manifest.disks.filter((d) => d.mode === 'internal');
+      if (internal.length > 0) {
+        const snaps = await mon.execute<{ name: string }[]>('query-snapshots').catch(() => []);
+        const nodes = internal.flatMap((e) => {
+          const dev = deviceFor(e);
+          return dev === undefined ? [] : [dev.nodeName];
+        });
+        if (nodes.length > 0 && snaps.some((s) => s.name === internal[0]?.tag)) {
+          await mon.runJob('snapshot-delete', { 'job-id': `vmsnap-del-${Date.now()}`, tag: internal[0]?.tag, devices: nodes }, saveTimeoutMs);
+          handled.push(...internal);
+        } else {
+          // query-snapshots only sees tags on every device; per device otherwise.
+          for (const e of internal) {
+            const dev = deviceFor(e);
+            if (dev === undefined) continue;
+            await mon.execute('blockdev-snapshot-delete-internal-sync', { device: dev.nodeName, name: e.tag }).catch((err: unknown) => {
+              if (!(err instanceof VmsnapError && /not found|no snapshot/i.test(err.message))) throw err;
+            });
+            handled.push(e);
+          }
+        }
+      }
+      for (const entry of manifest.disks.filter((d) => d.mode === 'external' && d.method === 'qcow2-external')) {
+        const dev = deviceFor(entry);
+        if (dev === undefined || entry.file === undefined) continue;
+        const chainFiles = (await img.chain(entry.path, { shared: true })).map((i) => i.filename);
+        const k = chainFiles.indexOf(entry.file);
+        if (k <= 0) continue; // not in the active chain: the backend rebases its children offline
+        const nodes = await mon.chainNodes(dev.nodeName);
+        if (nodes.length !== chainFiles.length) {
+          throw new VmsnapError('conflict', `disk ${entry.target}: QEMU's chain has ${nodes.length} images and ${entry.path}'s has ${chainFiles.length}; refusing to commit`);
+        }
+        const child = chainFiles[k - 1] as string;
+        if (k === 1) {
+          // The frozen image is the active overlay's backing: an active commit, pivot, then the configured path is the frozen image.
+          await mon.runBlockJob('block-commit', { 'job-id': `vmsnap-commit-${Date.now()}`, device: dev.nodeName, 'base-node': nodes[k] }, saveTimeoutMs);
+          await rename(entry.file, entry.path);
+          await fsyncPath(dirname(entry.path));
+        } else {
+          // Intermediate: the newer snapshot's delta goes down into this image, which then takes the newer one's name.
+          await mon.runBlockJob(
+            'block-commit',
+            { 'job-id': `vmsnap-commit-${Date.now()}`, device: dev.nodeName, 'top-node': nodes[k - 1], 'base-node': nodes[k], 'backing-file': child },
+            saveTimeoutMs,
+          );
+          await rename(entry.file, child);
+          await fsyncPath(dirname(child));
+        }
+        handled.push(entry);
+      }
+    });
+    return handled;
+  }
 
   return {
     name: 'qemu',
-    async getState(): Promise<DomainState> {
-      const answered = await probeSocket(domain.qmpSocket, timeoutMs);
-      if (!answered) {
-        await assertImagesUnlocked(domain, img);
-        return 'shutoff';
+    getState,
+    canStart: () => domain.launch !== undefined && domain.launch.length > 0,
+    start,
+    destroy,
+    revertFullSystem,
+    deleteOnline,
+    async createOnline(req: OnlineSnapshotRequest) {
+      const mon = monitor();
+      try {
+        const result = await createQemuSnapshot(domain, mon, req, {
+          img,
+          logger,
+          saveTimeoutMs,
+          convergeTimeoutMs: options.convergeTimeoutMs ?? 60_000,
+        });
+        if (req.halt) {
+          mon.close();
+          const t0 = performance.now();
+          await destroy();
+          result.durationsMs['halt'] = Math.round(performance.now() - t0);
+        }
+        return result;
+      } finally {
+        mon.close();
       }
-      // Something answers on the QMP socket: the domain runs (paused or not).
-      return 'running';
     },
   };
 }

@@ -8,6 +8,17 @@ import { replaceFile, tempBeside } from '../replace-file.js';
 import { QemuImg, type QemuImgInfo } from './qemu-img.js';
 
 /**
+ * Where an external snapshot's frozen image goes: in the snapshot folder
+ * (a hard link needs the same filesystem), else beside the disk, named as
+ * libvirt names its overlays. Shared by the offline backend and the QEMU driver.
+ */
+export async function frozenPath(disk: DiskRef, target: Pick<DiskSnapshotTarget, 'dir' | 'name' | 'file'>): Promise<string> {
+  if (target.file !== undefined) return target.file;
+  const [diskDev, dirDev] = await Promise.all([stat(disk.path), stat(target.dir)]);
+  return diskDev.dev === dirDev.dev ? join(target.dir, `${disk.target}.qcow2`) : `${disk.path}.${target.name}`;
+}
+
+/**
  * qcow2 images through qemu-img.
  *
  * Internal snapshots are qcow2 tags. External snapshots keep the configured
@@ -17,13 +28,6 @@ import { QemuImg, type QemuImgInfo } from './qemu-img.js';
  */
 export function createQcow2Backend(options: { qemuImg?: QemuImg } = {}): StorageBackend {
   const img = options.qemuImg ?? new QemuImg();
-
-  async function frozenPath(disk: DiskRef, target: DiskSnapshotTarget): Promise<string> {
-    if (target.file !== undefined) return target.file;
-    // A hard link needs the same filesystem; beside the disk otherwise, named as libvirt does.
-    const [diskDev, dirDev] = await Promise.all([stat(disk.path), stat(target.dir)]);
-    return diskDev.dev === dirDev.dev ? join(target.dir, `${disk.target}.qcow2`) : `${disk.path}.${target.name}`;
-  }
 
   /** The image in the active chain whose snapshot table holds `tag`. */
   async function findTag(disk: DiskRef, tag: string): Promise<QemuImgInfo | undefined> {
@@ -35,7 +39,7 @@ export function createQcow2Backend(options: { qemuImg?: QemuImg } = {}): Storage
     const children: string[] = [];
     for (const c of candidates) {
       if (c === file || !(await pathExists(c))) continue;
-      const info = await img.info(c);
+      const info = await img.info(c, { shared: true });
       if (info['full-backing-filename'] === file || info['backing-filename'] === file) children.push(c);
     }
     return children;

@@ -64,6 +64,14 @@ export class QemuImg {
   }
 
   /**
+   * Overlay on a backing image a running QEMU holds locked: -u skips opening
+   * the backing file, so the virtual size must be given.
+   */
+  createOverlayUnsafe(path: string, backing: string, backingFormat: string, virtualSize: number) {
+    return this.run(['create', '-q', '-f', 'qcow2', '-u', '-b', backing, '-F', backingFormat, path, String(virtualSize)]);
+  }
+
+  /**
    * Safe rebase: data that `path` saw through its old backing and would not
    * see through the new one is copied into `path` first.
    */
