@@ -76,6 +76,8 @@ export interface SnapshotManifest {
   /** Guest downtime between QMP STOP and RESUME; null when the guest was not paused by us. */
   downtimeMs: number | null;
   description?: string;
+  /** What happened that differs from what was asked, e.g. a memory save that failed after the disks were taken. */
+  notes?: string[];
 }
 
 /** A folder in the catalog with no committed manifest: never a snapshot, only a leftover. */

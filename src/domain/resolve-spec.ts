@@ -83,11 +83,14 @@ export function resolveSnapshotSpec(
   });
 
   if (memory === 'internal') {
-    const bad = planDisks.find((d) => d.mode !== 'internal');
+    const bad = planDisks.find((d) => d.mode === 'external');
     if (bad !== undefined) {
       throw invalid(
-        `memory inside a qcow2 disk (--memory internal) needs every disk snapshotted internally, and disk ${bad.target} is ${bad.mode}; use --memory external or make it internal`,
+        `memory inside a qcow2 disk (--memory internal) needs every snapshotted disk to be internal, and disk ${bad.target} is external; use --memory external, or --disk ${bad.target}=internal (qcow2) or ${bad.target}=no`,
       );
+    }
+    if (!planDisks.some((d) => d.mode === 'internal')) {
+      throw invalid('memory inside a qcow2 disk (--memory internal) needs at least one disk snapshotted internally');
     }
   }
   if (memory === 'no' && planDisks.every((d) => d.mode === 'no')) {

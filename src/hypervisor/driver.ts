@@ -36,6 +36,8 @@ export interface OnlineSnapshotResult {
   downtimeMs: number | null;
   /** Files made, so the pipeline's cleanup may remove them. */
   files: string[];
+  /** Something the operator should know about this snapshot (kept in the manifest). */
+  note?: string;
 }
 
 export interface RevertRequest {

@@ -200,6 +200,7 @@ async function createOnline(
       durationsMs: result.durationsMs,
       downtimeMs: result.downtimeMs,
       ...(options.description !== undefined ? { description: options.description } : {}),
+      ...(result.note !== undefined ? { notes: [result.note] } : {}),
     };
     await catalog.commit(manifest);
     await catalog.setCurrent(domain.name, name);

@@ -76,6 +76,15 @@ export async function revertSnapshot(
     if (options.running === true && options.paused === true) {
       throw new VmsnapError('usage', '--running and --paused contradict each other; give one');
     }
+    // Everything is checked before the domain is touched: a revert that cannot finish must not stop it.
+    for (const { entry, disk } of disks) {
+      if (restoresMemory && manifest.memory.mode === 'internal') break; // QEMU's snapshot-load checks its own
+      try {
+        await deps.backends[disk.backend].checkRevert(disk, entry);
+      } catch (err) {
+        throw atStep(`revert:${entry.target}`, err);
+      }
+    }
     const wanted = options.paused === true ? 'paused' : options.running === true ? 'running' : manifest.state;
     const log = deps.logger.child({ domain: domain.name, snapshot: name });
     const report: RevertSnapshotReport = { domain: domain.name, name, disks: [], warnings: hazards, memoryRestored: restoresMemory, state: 'shutoff' };

@@ -32,6 +32,8 @@ export interface StorageBackend {
   create(disk: DiskRef, target: DiskSnapshotTarget): Promise<ManifestDisk>;
   /** Take back a create that was never committed. */
   undoCreate(disk: DiskRef, entry: ManifestDisk): Promise<void>;
+  /** Throw if `revert` would fail or lose data; read-only, safe while the domain runs. */
+  checkRevert(disk: DiskRef, entry: ManifestDisk): Promise<void>;
   /** Make the disk's content the snapshot's again; later snapshots stay valid. */
   revert(disk: DiskRef, entry: ManifestDisk): Promise<void>;
   /** Remove the snapshot's data without losing anything another snapshot or the active disk needs. */

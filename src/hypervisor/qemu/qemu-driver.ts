@@ -1,7 +1,7 @@
-import { open, rename, stat } from 'node:fs/promises';
+import { open, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { connect } from 'node:net';
-import { execa } from 'execa';
+import { execa, type Options } from 'execa';
 import pino, { type Logger } from 'pino';
 import { VmsnapError } from '../../errors.js';
 import type { DomainState, ManifestDisk, SnapshotManifest } from '../../domain/model.js';
@@ -10,7 +10,7 @@ import { FILE_MODE, fsyncPath } from '../../catalog/fs-safe.js';
 import { QemuImg } from '../../storage/qcow2/qemu-img.js';
 import type { HypervisorDriver, OnlineSnapshotRequest, RevertRequest } from '../driver.js';
 import { QemuMonitor, shellQuotePath } from './qemu-monitor.js';
-import { createQemuSnapshot } from './qemu-snapshot.js';
+import { createQemuSnapshot, isInstalledOverlayOf } from './qemu-snapshot.js';
 
 export interface QemuDriverOptions {
   qemuImg?: QemuImg;
@@ -86,20 +86,21 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
     }
     const [file, ...args] = argv as [string, ...string[]];
     const logFile = join(domain.snapshotRoot, domain.name, 'qemu-launch.log');
-    await (await open(logFile, 'a', FILE_MODE)).close();
-    const child = execa(file, [...args, ...extra], {
-      detached: true,
-      cleanup: false,
-      reject: false,
-      stdin: 'ignore',
-      stdout: { file: logFile, append: true },
-      stderr: { file: logFile, append: true },
-    });
-    child.unref();
+    // A detached child with its output in a file: QEMU outlives this process.
+    const log = await open(logFile, 'a', FILE_MODE);
     let exitCode: number | undefined;
-    void child.then((r) => {
-      exitCode = r.exitCode ?? -1;
-    });
+    try {
+      // execa passes file descriptors straight to the child (a `{file}` target would keep this
+      // process alive to pipe QEMU's output); its types only list 0-2, hence the cast.
+      const stdio = ['ignore', log.fd, log.fd] as unknown as Options['stdio'];
+      const child = execa(file, [...args, ...extra], { detached: true, cleanup: false, reject: false, stdio });
+      child.unref();
+      void child.then((r) => {
+        exitCode = r.exitCode ?? -1;
+      });
+    } finally {
+      await log.close();
+    }
     const deadline = Date.now() + startTimeoutMs;
     while (!(await probeSocket(domain.qmpSocket, timeoutMs).catch(() => false))) {
       if (exitCode !== undefined && exitCode !== 0) {
@@ -129,7 +130,8 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
       await withMonitor(async (mon) => {
         const devices = await mon.blockDevices();
         const nodeOf = (target: string): string => {
-          const dev = devices.find((d) => d.id === target) ?? devices.find((d) => d.filename === domain.disks.find((x) => x.target === target)?.path);
+          const path = domain.disks.find((x) => x.target === target)?.path ?? '';
+          const dev = devices.find((d) => d.id === target) ?? devices.find((d) => d.filename === path || isInstalledOverlayOf(d.filename, path));
           if (dev === undefined) throw new VmsnapError('conflict', `domain ${domain.name}: QEMU has no block device "${target}" to load the snapshot into`);
           return dev.nodeName;
         };
@@ -179,64 +181,69 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
   }
 
   /**
-   * Delete a snapshot while QEMU runs the domain: internal tags with the
-   * snapshot-delete job; external frozen images in QEMU's active chain with
-   * block-commit, so the chain shrinks and no data is lost. Returns the
-   * entries it handled; the others are left to the storage backend.
+   * Delete a snapshot while QEMU runs the domain. Internal tags go with the
+   * snapshot-delete job. An external frozen image in QEMU's active chain is
+   * streamed into the active layer (block-stream), after which QEMU no longer
+   * holds it or anything above it; the image that had it as backing is then
+   * rebased offline, and the file goes.
+   *
+   * Why not block-commit: QEMU reopens an image read-write *by its file
+   * name*, and vmsnap renames files under QEMU to keep the configured path
+   * active, so committing into a frozen image could open the wrong file.
+   * Streaming writes only into the active layer, which QEMU already holds
+   * read-write. Returns the entries it handled; the backend does the rest.
    */
   async function deleteOnline(manifest: SnapshotManifest): Promise<ManifestDisk[]> {
     const handled: ManifestDisk[] = [];
     await withMonitor(async (mon) => {
       const devices = await mon.blockDevices();
-      const deviceFor = (entry: ManifestDisk) => devices.find((d) => d.id === entry.target) ?? devices.find((d) => d.filename === entry.path);
+      const deviceFor = (entry: ManifestDisk) =>
+        devices.find((d) => d.id === entry.target) ?? devices.find((d) => d.filename === entry.path || isInstalledOverlayOf(d.filename, entry.path));
       const internal = manifest.disks.filter((d) => d.mode === 'internal');
-      if (internal.length > 0) {
-        const snaps = await mon.execute<{ name: string }[]>('query-snapshots').catch(() => []);
-        const nodes = internal.flatMap((e) => {
-          const dev = deviceFor(e);
-          return dev === undefined ? [] : [dev.nodeName];
-        });
-        if (nodes.length > 0 && snaps.some((s) => s.name === internal[0]?.tag)) {
-          await mon.runJob('snapshot-delete', { 'job-id': `vmsnap-del-${Date.now()}`, tag: internal[0]?.tag, devices: nodes }, saveTimeoutMs);
-          handled.push(...internal);
-        } else {
-          // query-snapshots only sees tags on every device; per device otherwise.
-          for (const e of internal) {
-            const dev = deviceFor(e);
-            if (dev === undefined) continue;
-            await mon.execute('blockdev-snapshot-delete-internal-sync', { device: dev.nodeName, name: e.tag }).catch((err: unknown) => {
-              if (!(err instanceof VmsnapError && /not found|no snapshot/i.test(err.message))) throw err;
-            });
-            handled.push(e);
-          }
+      for (const e of internal) {
+        const dev = deviceFor(e);
+        if (dev === undefined || e.tag === undefined) continue;
+        const holder = (await img.chain(e.path, { shared: true })).find((i) => i.snapshots?.some((t) => t.name === e.tag));
+        if (holder === undefined) {
+          handled.push(e); // already gone
+          continue;
         }
+        if (holder.filename !== e.path) {
+          throw new VmsnapError(
+            'conflict',
+            `disk ${e.target}: internal snapshot "${e.tag}" lives in ${holder.filename}, which a later external snapshot froze and QEMU holds read-only; delete it while the domain is shut off`,
+          );
+        }
+        await mon.runJob('snapshot-delete', { 'job-id': `vmsnap-del-${Date.now()}`, tag: e.tag, devices: [dev.nodeName] }, saveTimeoutMs);
+        handled.push(e);
       }
       for (const entry of manifest.disks.filter((d) => d.mode === 'external' && d.method === 'qcow2-external')) {
         const dev = deviceFor(entry);
         if (dev === undefined || entry.file === undefined) continue;
-        const chainFiles = (await img.chain(entry.path, { shared: true })).map((i) => i.filename);
-        const k = chainFiles.indexOf(entry.file);
+        const chain = await img.chain(entry.path, { shared: true });
+        const files = chain.map((i) => i.filename);
+        const k = files.indexOf(entry.file);
         if (k <= 0) continue; // not in the active chain: the backend rebases its children offline
-        const nodes = await mon.chainNodes(dev.nodeName);
-        if (nodes.length !== chainFiles.length) {
-          throw new VmsnapError('conflict', `disk ${entry.target}: QEMU's chain has ${nodes.length} images and ${entry.path}'s has ${chainFiles.length}; refusing to commit`);
+        const graph = await mon.chain(dev.nodeName);
+        const nodes = graph.map((g) => g.node);
+        if (nodes.length !== files.length) {
+          throw new VmsnapError('conflict', `disk ${entry.target}: QEMU's chain has ${nodes.length} images and ${entry.path}'s has ${files.length}; refusing to change it`);
         }
-        const child = chainFiles[k - 1] as string;
-        if (k === 1) {
-          // The frozen image is the active overlay's backing: an active commit, pivot, then the configured path is the frozen image.
-          await mon.runBlockJob('block-commit', { 'job-id': `vmsnap-commit-${Date.now()}`, device: dev.nodeName, 'base-node': nodes[k] }, saveTimeoutMs);
-          await rename(entry.file, entry.path);
-          await fsyncPath(dirname(entry.path));
-        } else {
-          // Intermediate: the newer snapshot's delta goes down into this image, which then takes the newer one's name.
-          await mon.runBlockJob(
-            'block-commit',
-            { 'job-id': `vmsnap-commit-${Date.now()}`, device: dev.nodeName, 'top-node': nodes[k - 1], 'base-node': nodes[k], 'backing-file': child },
-            saveTimeoutMs,
-          );
-          await rename(entry.file, child);
-          await fsyncPath(dirname(child));
+        const below = files[k + 1];
+        const belowFormat = chain[k + 1]?.format ?? null;
+        await mon.runBlockJob(
+          'block-stream',
+          { 'job-id': `vmsnap-stream-${Date.now()}`, device: dev.nodeName, ...(below !== undefined ? { 'base-node': nodes[k + 1], 'backing-file': below } : {}) },
+          saveTimeoutMs,
+        );
+        // QEMU no longer uses the images between the active layer and `below`.
+        await mon.releaseNodes(graph.slice(1, k + 1));
+        if (k > 1) {
+          // The newer snapshot's image no longer is in QEMU's chain: rebase it onto what lies below.
+          await img.rebase(files[k - 1] as string, below ?? null, belowFormat);
         }
+        await unlink(entry.file);
+        await fsyncPath(dirname(entry.file));
         handled.push(entry);
       }
     });

@@ -104,25 +104,43 @@ export class QemuMonitor {
   }
 
   /**
-   * The format nodes of a device's chain, top first, read from QEMU's block
-   * graph (file names in QEMU can be stale after renames; the graph is not).
+   * The format nodes of a device's chain, top first, each with its protocol
+   * (file) node, read from QEMU's block graph: file names in QEMU can be
+   * stale after renames, the graph is not.
    */
-  async chainNodes(topNode: string): Promise<string[]> {
+  async chain(topNode: string): Promise<{ node: string; file: string | undefined }[]> {
     const graph = await this.execute<{
       nodes: { id: number; type: string; name: string }[];
       edges: { parent: number; child: number; name: string }[];
     }>('x-debug-query-block-graph');
     const byName = new Map(graph.nodes.map((n) => [n.name, n.id]));
     const byId = new Map(graph.nodes.map((n) => [n.id, n.name]));
-    const chain: string[] = [];
+    const chain: { node: string; file: string | undefined }[] = [];
     let id = byName.get(topNode);
-    while (id !== undefined) {
-      const name = byId.get(id);
-      if (name !== undefined) chain.push(name);
-      const edge = graph.edges.find((e) => e.parent === id && e.name === 'backing');
-      id = edge?.child;
+    while (id !== undefined && chain.length < 1000) {
+      const at = id;
+      const name = byId.get(at);
+      const fileEdge = graph.edges.find((e) => e.parent === at && e.name === 'file');
+      if (name !== undefined) chain.push({ node: name, file: fileEdge === undefined ? undefined : byId.get(fileEdge.child) });
+      id = graph.edges.find((e) => e.parent === at && e.name === 'backing')?.child;
     }
     return chain;
+  }
+
+  async chainNodes(topNode: string): Promise<string[]> {
+    return (await this.chain(topNode)).map((c) => c.node);
+  }
+
+  /**
+   * Release nodes a block job dropped from the chain. Nodes the monitor
+   * created (-blockdev, blockdev-add) outlive the job and keep their image
+   * locked until deleted; implicit ones are already gone (errors ignored).
+   */
+  async releaseNodes(nodes: readonly { node: string; file: string | undefined }[]): Promise<void> {
+    for (const n of nodes) {
+      await this.execute('blockdev-del', { 'node-name': n.node }).catch(() => undefined);
+      if (n.file !== undefined) await this.execute('blockdev-del', { 'node-name': n.file }).catch(() => undefined);
+    }
   }
 
   async migration(): Promise<MigrationInfo> {

@@ -41,6 +41,8 @@ interface PreparedOverlay {
   disk: ResolvedDiskPlan;
   device: BlockDevice;
   frozen: string;
+  /** Temporary unique name of the new overlay until it is installed at the disk's path. */
+  overlay: string;
   overlayNode: string;
 }
 
@@ -90,9 +92,13 @@ export async function createQemuSnapshot(
   const eventsFrom = mon.allEvents().length;
   const prepared: PreparedOverlay[] = [];
   const made: ManifestDisk[] = [];
+  const internalDisks = qemuDisks.filter((d) => d.mode === 'internal');
+  const externalDisks = qemuDisks.filter((d) => d.mode === 'external');
   let stoppedByUs = false;
-  let transactionDone = false;
+  let tagsTaken = false;
+  let overlaysInUse = false;
   let memoryDone = false;
+  let memoryLost: unknown;
 
   const stop = async (): Promise<void> => {
     const s = await mon.status();
@@ -112,25 +118,34 @@ export async function createQemuSnapshot(
     }
   };
 
-  const diskTransaction = async (): Promise<void> => {
-    if (qemuDisks.length === 0) return;
-    const actions = qemuDisks.map((disk) => {
-      const dev = deviceOf.get(disk.target) as BlockDevice;
-      if (disk.mode === 'internal') {
-        return { type: 'blockdev-snapshot-internal-sync', data: { device: dev.nodeName, name: req.name } };
-      }
-      const p = prepared.find((x) => x.disk.target === disk.target) as PreparedOverlay;
-      return { type: 'blockdev-snapshot', data: { node: dev.nodeName, overlay: p.overlayNode } };
-    });
-    await timed('disks', () => mon.execute('transaction', { actions }));
-    transactionDone = true;
+  const tagAction = (disk: ResolvedDiskPlan) => ({
+    type: 'blockdev-snapshot-internal-sync',
+    data: { device: (deviceOf.get(disk.target) as BlockDevice).nodeName, name: req.name },
+  });
+  const overlayAction = (p: PreparedOverlay) => ({ type: 'blockdev-snapshot', data: { node: p.device.nodeName, overlay: p.overlayNode } });
+
+  /** One QMP transaction: all of it or none of it. */
+  const diskTransaction = async (which: 'internal' | 'external' | 'all'): Promise<void> => {
+    const actions = [
+      ...(which !== 'external' ? internalDisks.map(tagAction) : []),
+      ...(which !== 'internal' ? prepared.map(overlayAction) : []),
+    ];
+    if (actions.length === 0) return;
+    await timed(which === 'all' ? 'disks' : `disks:${which}`, () => mon.execute('transaction', { actions }));
+    if (which !== 'external') tagsTaken = internalDisks.length > 0;
+    if (which !== 'internal' && prepared.length > 0) {
+      overlaysInUse = true;
+      // QEMU reopened the old images read-only by their names during the
+      // transaction; only now may the overlays take the configured paths.
+      for (const p of prepared) await installOverlay(p);
+    }
   };
 
   const saveMemory = async (live: boolean): Promise<void> => {
     await mon.execute('migrate-set-parameters', { 'max-bandwidth': 107374182400 });
     await timed('memory', async () => {
       await precreate(memFile);
-      files.push(memFile);
+      if (!files.includes(memFile)) files.push(memFile);
       await mon.execute('migrate', { uri: `exec:dd of=${shellQuotePath(memFile)} bs=1M status=none` });
       await mon.waitMigration({
         what: 'memory save',
@@ -141,35 +156,47 @@ export async function createQemuSnapshot(
     memoryDone = true;
   };
 
+  /**
+   * Paused: tags, memory, then overlays. Internal tags go before the memory
+   * save because a finished migration leaves the block nodes inactive and
+   * QEMU refuses internal snapshots on them; overlays go after it so that a
+   * failed save is undone without touching data the guest wrote.
+   */
+  const pauseSave = async (): Promise<Method> => {
+    await stop();
+    await copyDisks();
+    await diskTransaction('internal');
+    await saveMemory(false);
+    await diskTransaction('external');
+    return 'pause-save';
+  };
+
   try {
     // Everything that can be prepared while the guest runs is prepared first.
     await timed('prepare', async () => {
-      if (method === 'internal') await assertNoTag(mon, req.name);
-      for (const disk of qemuDisks.filter((d) => d.mode === 'external')) {
+      if (method === 'internal' || internalDisks.length > 0) await assertNoTag(mon, req.name);
+      for (const disk of externalDisks) {
         prepared.push(await prepareOverlay(disk, deviceOf.get(disk.target) as BlockDevice, req, mon, opts.img));
       }
     });
 
     switch (method) {
       case 'internal': {
-        const nodes = qemuDisks.map((d) => (deviceOf.get(d.target) as BlockDevice).nodeName);
+        const nodes = internalDisks.map((d) => (deviceOf.get(d.target) as BlockDevice).nodeName);
         await timed('save', () =>
           mon.runJob('snapshot-save', { 'job-id': jobId('save'), tag: req.name, vmstate: nodes[0], devices: nodes }, opts.saveTimeoutMs),
         );
-        transactionDone = true;
+        tagsTaken = true;
         memoryDone = true;
         break;
       }
       case 'pause-save':
-        await stop();
-        await saveMemory(false);
-        await copyDisks();
-        await diskTransaction();
+        method = await pauseSave();
         break;
       case 'disk-only':
         if (copiedDisks.length > 0) await stop(); // a copy needs the disk still
         await copyDisks();
-        await diskTransaction();
+        await diskTransaction('all');
         break;
       case 'background':
         method = await liveSave();
@@ -194,31 +221,34 @@ export async function createQemuSnapshot(
   for (const disk of plan.disks) {
     if (disk.mode === 'no') made.push({ target: disk.target, path: disk.path, format: disk.format, mode: 'no' });
   }
-  for (const disk of qemuDisks) {
-    if (disk.mode === 'internal') {
-      made.push({ target: disk.target, path: disk.path, format: disk.format, mode: 'internal', method: 'qcow2-internal', tag: req.name });
-    } else {
-      const p = prepared.find((x) => x.disk.target === disk.target) as PreparedOverlay;
-      const chain = await opts.img.info(p.frozen, { shared: true });
-      made.push(await describeExternalFile(disk, 'qcow2-external', p.frozen, { backing: chain['full-backing-filename'] ?? null }));
-    }
+  for (const disk of internalDisks) {
+    made.push({ target: disk.target, path: disk.path, format: disk.format, mode: 'internal', method: 'qcow2-internal', tag: req.name });
+  }
+  for (const p of prepared) {
+    const info = await opts.img.info(p.frozen, { shared: true });
+    made.push(await describeExternalFile(p.disk, 'qcow2-external', p.frozen, { backing: info['full-backing-filename'] ?? null }));
   }
   const order = new Map(plan.disks.map((d, i) => [d.target, i]));
   made.sort((a, b) => (order.get(a.target) ?? 0) - (order.get(b.target) ?? 0));
 
   let memory: ManifestMemory = { mode: 'no' };
-  if (method === 'internal') memory = { mode: 'internal', disk: qemuDisks[0]?.target ?? '' };
+  if (method === 'internal') memory = { mode: 'internal', disk: internalDisks[0]?.target ?? '' };
   else if (memoryDone) memory = await describeMemory(memFile);
+  const kind = memory.mode === 'no' ? 'disk-only' : 'full';
+  if (memoryLost !== undefined) await removeFileIfPresent(memFile);
   log.info({ method, downtimeMs, durationsMs }, 'online snapshot taken');
   return {
     method,
-    kind: plan.kind,
-    consistency: plan.kind === 'disk-only' ? 'crash' : 'full-system',
+    kind,
+    consistency: kind === 'disk-only' ? 'crash' : 'full-system',
     memory,
     disks: made,
     durationsMs,
     downtimeMs,
-    files,
+    files: files.filter((f) => f !== memFile || memoryDone),
+    ...(memoryLost !== undefined
+      ? { note: `the memory save failed after the disks were snapshotted (${(memoryLost as Error).message}); kept as a crash-consistent disk-only snapshot` }
+      : {}),
   };
 
   /** Live memory: background-snapshot when QEMU takes the capability, else migrate-to-file as libvirt does. */
@@ -232,7 +262,7 @@ export async function createQemuSnapshot(
     try {
       await stop();
       await copyDisks();
-      await diskTransaction();
+      await diskTransaction('all');
       const since = (await mon.connection()).events.length;
       await mon.execute('migrate-set-parameters', { 'max-bandwidth': 107374182400 });
       await precreate(memFile);
@@ -240,19 +270,26 @@ export async function createQemuSnapshot(
       const t0 = performance.now();
       req.onProgress?.({ step: 'memory' });
       await req.journal('memory', { phase: 'start', method: 'background' });
-      await mon.execute('migrate', { uri: `exec:dd of=${shellQuotePath(memFile)} bs=1M status=none` });
-      // QEMU 7.2 resumes the guest itself once the device state is saved; newer
-      // QEMU restores the previous run state and leaves the resume to us.
-      const resumed = await (await mon.connection()).waitForEvent((e) => e.event === 'RESUME', 3_000, since).catch(() => undefined);
-      if (resumed === undefined && wasRunning && !req.halt) {
-        await waitForMigrationActive(mon);
-        await mon.ensureRunning();
-      }
-      stoppedByUs = false;
       try {
+        await mon.execute('migrate', { uri: `exec:dd of=${shellQuotePath(memFile)} bs=1M status=none` });
+        // QEMU 7.2 resumes the guest itself once the device state is saved; newer
+        // QEMU restores the previous run state and leaves the resume to us.
+        const resumed = await (await mon.connection()).waitForEvent((e) => e.event === 'RESUME', 3_000, since).catch(() => undefined);
+        if (resumed === undefined && wasRunning && !req.halt) {
+          await waitForMigrationActive(mon);
+          await mon.ensureRunning();
+        }
+        stoppedByUs = false;
         await mon.waitMigration({ what: 'background memory snapshot', timeoutMs: opts.saveTimeoutMs, onProgress: (m) => reportMigration(req, m) });
       } catch (err) {
-        throw atStep('memory', err);
+        if (!overlaysInUse) throw atStep('memory', err);
+        // The guest already writes to the new overlays: the disks are a valid
+        // snapshot of the moment of the pause, so they are kept as one.
+        log.warn({ err }, 'background memory save failed after the disk snapshot; keeping a disk-only snapshot');
+        memoryLost = err;
+        await mon.cancelMigration().catch(() => undefined);
+        await mon.ensureRunning().catch(() => undefined);
+        return 'background';
       }
       durationsMs['memory'] = Math.round(performance.now() - t0);
       await req.journal('memory', { phase: 'done' });
@@ -264,6 +301,9 @@ export async function createQemuSnapshot(
   }
 
   async function liveMigrate(): Promise<Method> {
+    // After a live migration completes the block nodes are inactive and QEMU
+    // 7.2 cannot take an internal snapshot until `cont`: pause-save instead.
+    if (internalDisks.length > 0) return pauseSave();
     try {
       await saveMemory(true);
     } catch (err) {
@@ -271,16 +311,13 @@ export async function createQemuSnapshot(
       log.warn({ err }, 'live migrate-to-file did not complete; falling back to pause-save');
       await mon.cancelMigration().catch(() => undefined);
       await removeFileIfPresent(memFile);
-      await stop();
-      await saveMemory(false);
-      await copyDisks();
-      await diskTransaction();
-      return 'pause-save';
+      memoryDone = false;
+      return pauseSave();
     }
     // At completion QEMU stopped the guest (state postmigrate): disks now, then resume.
     stoppedByUs = true;
     await copyDisks();
-    await diskTransaction();
+    await diskTransaction('all');
     return 'live-migrate';
   }
 
@@ -295,45 +332,28 @@ export async function createQemuSnapshot(
     };
     await tryStep('cancel migration', () => mon.cancelMigration());
     await tryStep('disable background-snapshot', () => mon.setCapabilities({ 'background-snapshot': false }));
-    if (transactionDone && method !== 'internal') {
-      // The disks moved on; only the memory part failed. Keep nothing half-made:
-      // internal tags are removed, external overlays committed back below.
-      for (const disk of qemuDisks.filter((d) => d.mode === 'internal')) {
+    if (tagsTaken) {
+      for (const disk of internalDisks) {
         const dev = deviceOf.get(disk.target) as BlockDevice;
-        await tryStep(`remove tag on ${disk.target}`, () =>
-          mon.execute('blockdev-snapshot-delete-internal-sync', { device: dev.nodeName, name: req.name }),
-        );
+        await tryStep(`remove tag on ${disk.target}`, () => mon.execute('blockdev-snapshot-delete-internal-sync', { device: dev.nodeName, name: req.name }));
       }
-      for (const p of prepared) {
-        await tryStep(`merge overlay of ${p.disk.target}`, () => commitOverlayBack(mon, p));
-      }
-    } else if (method === 'internal') {
-      await tryStep('remove internal snapshot', async () => {
-        const nodes = qemuDisks.map((d) => (deviceOf.get(d.target) as BlockDevice).nodeName);
-        await mon.runJob('snapshot-delete', { 'job-id': jobId('undo'), tag: req.name, devices: nodes }, 120_000);
-      });
-    } else {
-      for (const p of prepared.reverse()) {
-        await tryStep(`drop overlay of ${p.disk.target}`, () => dropPreparedOverlay(mon, p));
-      }
+    }
+    if (!overlaysInUse) {
+      for (const p of [...prepared].reverse()) await tryStep(`drop overlay of ${p.disk.target}`, () => dropPreparedOverlay(mon, p));
     }
     for (const entry of made) {
       const disk = copiedDisks.find((d) => d.target === entry.target);
       if (disk !== undefined) await tryStep(`undo copy of ${disk.target}`, () => req.backends[disk.backend].undoCreate(disk, entry));
     }
-    if (stoppedByUs && wasRunning) {
-      await tryStep('resume', () => mon.ensureRunning());
-    } else if (wasRunning) {
-      // Not stopped by us as far as we know; make sure (a save job or a migration may have paused it).
-      await tryStep('resume', () => mon.ensureRunning());
-    }
+    // Whatever paused the guest (us, a save job, a finished migration), it runs again if it ran before.
+    if (wasRunning) await tryStep('resume', () => mon.ensureRunning());
     await tryStep('remove memory file', () => removeFileIfPresent(memFile));
     log.info({ step }, 'undo finished');
   }
 }
 
 function findDevice(domain: QemuDomain, devices: BlockDevice[], disk: ResolvedDiskPlan): BlockDevice {
-  const dev = devices.find((d) => d.id === disk.target) ?? devices.find((d) => d.filename === disk.path);
+  const dev = devices.find((d) => d.id === disk.target) ?? devices.find((d) => d.filename === disk.path || isInstalledOverlayOf(d.filename, disk.path));
   if (dev === undefined) {
     const seen = devices.map((d) => `${d.id || '?'}=${d.filename}`).join(', ') || 'none';
     throw new VmsnapError(
@@ -344,6 +364,12 @@ function findDevice(domain: QemuDomain, devices: BlockDevice[], disk: ResolvedDi
   return dev;
 }
 
+/** QEMU keeps the temporary name of an overlay vmsnap later renamed to the disk's path. */
+export function isInstalledOverlayOf(qemuFilename: string, diskPath: string): boolean {
+  const prefix = tempBeside(diskPath, 'overlay-');
+  return qemuFilename.startsWith(prefix) && /^[0-9a-f]{12}$/.test(qemuFilename.slice(prefix.length));
+}
+
 async function assertNoTag(mon: QemuMonitor, tag: string): Promise<void> {
   const snaps = await mon.execute<{ name: string }[]>('query-snapshots').catch(() => []);
   if (snaps.some((s) => s.name === tag)) {
@@ -351,7 +377,12 @@ async function assertNoTag(mon: QemuMonitor, tag: string): Promise<void> {
   }
 }
 
-/** Frozen name + fresh overlay at the configured path, attached to QEMU (not yet in use). */
+/**
+ * Frozen name + fresh overlay, attached to QEMU but not yet in use. The
+ * overlay keeps a temporary unique name until the transaction has run:
+ * QEMU reopens the old image read-only *by its file name* while committing
+ * the snapshot, so that name must still be the old image then.
+ */
 async function prepareOverlay(
   disk: ResolvedDiskPlan,
   device: BlockDevice,
@@ -363,12 +394,11 @@ async function prepareOverlay(
   if (await pathExists(frozen)) {
     throw new VmsnapError('conflict', `disk ${disk.target}: ${frozen} already exists; vmsnap never overwrites a file`);
   }
-  const overlay = tempBeside(disk.path, 'overlay');
-  await removeFileIfPresent(overlay);
+  const overlay = tempBeside(disk.path, `overlay-${randomBytes(6).toString('hex')}`);
   const mode = (await stat(disk.path)).mode & 0o7777;
   await link(disk.path, frozen);
   await fsyncPath(dirname(frozen));
-  await req.journal(`freeze:${disk.target}`, { frozen, path: disk.path });
+  await req.journal(`freeze:${disk.target}`, { frozen, path: disk.path, overlay });
   const overlayNode = `vs-${randomBytes(6).toString('hex')}`;
   try {
     await img.createOverlayUnsafe(overlay, frozen, 'qcow2', device.virtualSize);
@@ -379,39 +409,30 @@ async function prepareOverlay(
     } finally {
       await fh.close();
     }
-    // From here the path holds an empty overlay on the frozen image: the same data.
-    await rename(overlay, disk.path);
-    await fsyncPath(dirname(disk.path));
-    await mon.execute('blockdev-add', {
-      driver: 'qcow2',
-      'node-name': overlayNode,
-      file: { driver: 'file', filename: disk.path },
-      backing: null,
-    });
+    // An explicit protocol node: QEMU never reopens it when the overlay is frozen later.
+    await mon.execute('blockdev-add', { driver: 'file', 'node-name': `${overlayNode}-f`, filename: overlay });
+    await mon.execute('blockdev-add', { driver: 'qcow2', 'node-name': overlayNode, file: `${overlayNode}-f`, backing: null });
   } catch (err) {
+    await mon.execute('blockdev-del', { 'node-name': `${overlayNode}-f` }).catch(() => undefined);
     await removeFileIfPresent(overlay);
-    if ((await stat(disk.path)).ino !== (await stat(frozen)).ino) await rename(frozen, disk.path);
-    else await unlink(frozen);
+    await unlink(frozen);
     throw err;
   }
-  return { disk, device, frozen, overlayNode };
+  return { disk, device, frozen, overlay, overlayNode };
 }
 
-/** Undo of a prepared overlay that QEMU never used: the frozen image gets its old name back. */
+/** After the transaction: the overlay QEMU now writes to takes the configured path. */
+async function installOverlay(p: PreparedOverlay): Promise<void> {
+  await rename(p.overlay, p.disk.path);
+  await fsyncPath(dirname(p.disk.path));
+}
+
+/** Undo of a prepared overlay that QEMU never used: the frozen name is only a second link. */
 async function dropPreparedOverlay(mon: QemuMonitor, p: PreparedOverlay): Promise<void> {
   await mon.execute('blockdev-del', { 'node-name': p.overlayNode }).catch(() => undefined);
-  await rename(p.frozen, p.disk.path);
-  await fsyncPath(dirname(p.disk.path));
-}
-
-/** Undo of an overlay QEMU already writes to: commit it into the frozen image, then give that its name back. */
-async function commitOverlayBack(mon: QemuMonitor, p: PreparedOverlay): Promise<void> {
-  const top = (await mon.blockDevices()).find((d) => d.nodeName === p.overlayNode);
-  if (top === undefined) return;
-  const [, base] = await mon.chainNodes(p.overlayNode);
-  await mon.runBlockJob('block-commit', { 'job-id': jobId('undo'), device: p.overlayNode, 'base-node': base }, 10 * 60_000);
-  await rename(p.frozen, p.disk.path);
-  await fsyncPath(dirname(p.disk.path));
+  await mon.execute('blockdev-del', { 'node-name': `${p.overlayNode}-f` }).catch(() => undefined);
+  await removeFileIfPresent(p.overlay);
+  await unlink(p.frozen).catch(() => undefined);
 }
 
 async function precreate(file: string): Promise<void> {

@@ -54,14 +54,18 @@ export function createFileBackend(options: { cp?: string; timeoutMs?: number } =
       if (entry.file !== undefined) await removeFileIfPresent(entry.file);
     },
 
-    async revert(disk, entry) {
+    async checkRevert(disk, entry) {
       if (entry.file === undefined || !(await pathExists(entry.file))) {
         throw new VmsnapError('not-found', `disk ${disk.target}: the snapshot's copy ${entry.file ?? '(none)'} is missing`);
       }
+    },
+
+    async revert(disk, entry) {
+      await this.checkRevert(disk, entry);
       const tmp = tempBeside(disk.path, 'revert');
       await removeFileIfPresent(tmp);
       try {
-        await copy(entry.file, tmp);
+        await copy(entry.file as string, tmp);
         await replaceFile(tmp, disk.path);
       } catch (err) {
         await removeFileIfPresent(tmp);

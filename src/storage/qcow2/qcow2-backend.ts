@@ -30,8 +30,8 @@ export function createQcow2Backend(options: { qemuImg?: QemuImg } = {}): Storage
   const img = options.qemuImg ?? new QemuImg();
 
   /** The image in the active chain whose snapshot table holds `tag`. */
-  async function findTag(disk: DiskRef, tag: string): Promise<QemuImgInfo | undefined> {
-    const chain = await img.chain(disk.path);
+  async function findTag(disk: DiskRef, tag: string, shared = false): Promise<QemuImgInfo | undefined> {
+    const chain = await img.chain(disk.path, { shared });
     return chain.find((i) => i.snapshots?.some((s) => s.name === tag));
   }
 
@@ -43,6 +43,34 @@ export function createQcow2Backend(options: { qemuImg?: QemuImg } = {}): Storage
       if (info['full-backing-filename'] === file || info['backing-filename'] === file) children.push(c);
     }
     return children;
+  }
+
+  /** Everything a revert needs is there and nothing unsnapshotted would be lost; `shared` reads images QEMU holds. */
+  async function checkRevertable(disk: DiskRef, entry: ManifestDisk, shared: boolean): Promise<void> {
+    if (entry.mode === 'internal' && entry.tag !== undefined) {
+      const holder = await findTag(disk, entry.tag, shared);
+      if (holder === undefined) {
+        throw new VmsnapError('not-found', `disk ${disk.target}: no qcow2 snapshot tagged "${entry.tag}" in the chain of ${disk.path}`);
+      }
+      if (holder.filename !== disk.path) {
+        throw new VmsnapError(
+          'conflict',
+          `disk ${disk.target}: internal snapshot "${entry.tag}" lives in ${holder.filename}, which a later external snapshot froze; revert to that external snapshot instead`,
+        );
+      }
+      return;
+    }
+    if (entry.file === undefined || !(await pathExists(entry.file))) {
+      throw new VmsnapError('not-found', `disk ${disk.target}: the snapshot's image ${entry.file ?? '(none)'} is missing`);
+    }
+    const active = await img.info(disk.path, { shared });
+    const tags = active.snapshots?.map((s) => s.name) ?? [];
+    if (tags.length > 0) {
+      throw new VmsnapError(
+        'conflict',
+        `disk ${disk.target}: ${disk.path} holds internal snapshots (${tags.join(', ')}) that this revert would discard; delete them first`,
+      );
+    }
   }
 
   return {
@@ -96,36 +124,20 @@ export function createQcow2Backend(options: { qemuImg?: QemuImg } = {}): Storage
       }
     },
 
+    async checkRevert(disk, entry) {
+      await checkRevertable(disk, entry, true);
+    },
+
     async revert(disk, entry) {
+      await checkRevertable(disk, entry, false);
       if (entry.mode === 'internal' && entry.tag !== undefined) {
-        const holder = await findTag(disk, entry.tag);
-        if (holder === undefined) {
-          throw new VmsnapError('not-found', `disk ${disk.target}: no qcow2 snapshot tagged "${entry.tag}" in the chain of ${disk.path}`);
-        }
-        if (holder.filename !== disk.path) {
-          throw new VmsnapError(
-            'conflict',
-            `disk ${disk.target}: internal snapshot "${entry.tag}" lives in ${holder.filename}, which a later external snapshot froze; revert to that external snapshot instead`,
-          );
-        }
         await img.snapshotApply(disk.path, entry.tag);
         return;
-      }
-      if (entry.file === undefined || !(await pathExists(entry.file))) {
-        throw new VmsnapError('not-found', `disk ${disk.target}: the snapshot's image ${entry.file ?? '(none)'} is missing`);
-      }
-      const active = await img.info(disk.path);
-      const tags = active.snapshots?.map((s) => s.name) ?? [];
-      if (tags.length > 0) {
-        throw new VmsnapError(
-          'conflict',
-          `disk ${disk.target}: ${disk.path} holds internal snapshots (${tags.join(', ')}) that this revert would discard; delete them first`,
-        );
       }
       const overlay = tempBeside(disk.path, 'overlay');
       await removeFileIfPresent(overlay);
       try {
-        await img.createOverlay(overlay, entry.file, 'qcow2');
+        await img.createOverlay(overlay, entry.file as string, 'qcow2');
         await replaceFile(overlay, disk.path);
       } catch (err) {
         await removeFileIfPresent(overlay);

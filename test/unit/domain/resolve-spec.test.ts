@@ -60,6 +60,11 @@ describe('resolveSnapshotSpec: defaults', () => {
     expect(plan.pause).toBe(true);
     expect(plan.disks.every((d) => d.mode === 'internal')).toBe(true);
   });
+
+  it('internal memory may leave a disk out (--disk vdb=no), as snapshot-save lists only some devices', () => {
+    const plan = resolveSnapshotSpec('running', [qcow, raw], { memory: 'internal', disks: { vdb: { mode: 'no' } } });
+    expect(plan.disks.map((d) => d.mode)).toEqual(['internal', 'no']);
+  });
 });
 
 describe('resolveSnapshotSpec: impossible requests say why', () => {
@@ -70,8 +75,8 @@ describe('resolveSnapshotSpec: impossible requests say why', () => {
     ['nothing to snapshot', 'shutoff', [qcow, raw], { disks: { vda: { mode: 'no' }, vdb: { mode: 'no' } } }, /nothing to snapshot/],
     ['nothing to snapshot, running', 'running', [qcow], { memory: 'no', disks: { vda: { mode: 'no' } } }, /nothing to snapshot/],
     ['internal memory with a raw disk', 'running', [qcow, raw], { memory: 'internal' }, /vdb is external/],
-    ['internal memory with an external disk', 'running', [qcow], { memory: 'internal', disks: { vda: { mode: 'external' } } }, /every disk snapshotted internally/],
-    ['internal memory with a skipped disk', 'running', [qcow, { ...qcow, target: 'vdb' }], { memory: 'internal', disks: { vdb: { mode: 'no' } } }, /disk vdb is no/],
+    ['internal memory with an external disk', 'running', [qcow], { memory: 'internal', disks: { vda: { mode: 'external' } } }, /every snapshotted disk to be internal/],
+    ['internal memory with every disk skipped', 'running', [qcow], { memory: 'internal', disks: { vda: { mode: 'no' } } }, /at least one disk snapshotted internally/],
     ['internal snapshot of a raw disk', 'shutoff', [raw], { disks: { vdb: { mode: 'internal' } } }, /internal snapshots need a qcow2 image/],
     ['internal snapshot on the file backend', 'shutoff', [qcowOnFile], { disks: { vdc: { mode: 'internal' } } }, /made by the qcow2 backend/],
     ['unknown disk', 'shutoff', [qcow], { disks: { vdz: { mode: 'internal' } } }, /"vdz" is not a disk of this domain/],
