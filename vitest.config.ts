@@ -9,5 +9,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     reporters: ['default'],
+    // The CLI's JSON logs go to fd 2 directly; keep test output to test results.
+    env: { VMSNAP_LOG_LEVEL: 'silent' },
   },
 });

@@ -1,4 +1,4 @@
-import { open, stat, unlink } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { connect } from 'node:net';
 import { execa, type Options } from 'execa';
@@ -22,6 +22,8 @@ export interface QemuDriverOptions {
   convergeTimeoutMs?: number;
   /** Longest to wait for a started or stopped QEMU. */
   startTimeoutMs?: number;
+  /** false: --live uses live migrate-to-file even where QEMU offers background-snapshot (benchmarks, tests). */
+  backgroundSnapshot?: boolean;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -184,14 +186,14 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
    * Delete a snapshot while QEMU runs the domain. Internal tags go with the
    * snapshot-delete job. An external frozen image in QEMU's active chain is
    * streamed into the active layer (block-stream), after which QEMU no longer
-   * holds it or anything above it; the image that had it as backing is then
-   * rebased offline, and the file goes.
+   * holds it or anything above it; the storage backend then rebases the
+   * images that had it as backing, offline, and removes the file.
    *
    * Why not block-commit: QEMU reopens an image read-write *by its file
    * name*, and vmsnap renames files under QEMU to keep the configured path
    * active, so committing into a frozen image could open the wrong file.
    * Streaming writes only into the active layer, which QEMU already holds
-   * read-write. Returns the entries it handled; the backend does the rest.
+   * read-write. Returns the entries it handled completely (internal tags).
    */
   async function deleteOnline(manifest: SnapshotManifest): Promise<ManifestDisk[]> {
     const handled: ManifestDisk[] = [];
@@ -230,21 +232,15 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
           throw new VmsnapError('conflict', `disk ${entry.target}: QEMU's chain has ${nodes.length} images and ${entry.path}'s has ${files.length}; refusing to change it`);
         }
         const below = files[k + 1];
-        const belowFormat = chain[k + 1]?.format ?? null;
         await mon.runBlockJob(
           'block-stream',
           { 'job-id': `vmsnap-stream-${Date.now()}`, device: dev.nodeName, ...(below !== undefined ? { 'base-node': nodes[k + 1], 'backing-file': below } : {}) },
           saveTimeoutMs,
         );
-        // QEMU no longer uses the images between the active layer and `below`.
+        // QEMU no longer uses the images between the active layer and `below`;
+        // the storage backend now rebases the images that still name this one
+        // as their backing (they are files QEMU does not hold) and removes it.
         await mon.releaseNodes(graph.slice(1, k + 1));
-        if (k > 1) {
-          // The newer snapshot's image no longer is in QEMU's chain: rebase it onto what lies below.
-          await img.rebase(files[k - 1] as string, below ?? null, belowFormat);
-        }
-        await unlink(entry.file);
-        await fsyncPath(dirname(entry.file));
-        handled.push(entry);
       }
     });
     return handled;
@@ -266,6 +262,7 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
           logger,
           saveTimeoutMs,
           convergeTimeoutMs: options.convergeTimeoutMs ?? 60_000,
+          backgroundSnapshot: options.backgroundSnapshot ?? true,
         });
         if (req.halt) {
           mon.close();

@@ -35,6 +35,8 @@ export interface QemuSnapshotOptions {
   saveTimeoutMs: number;
   /** Longest a live migration may try to converge before falling back to pause-save. */
   convergeTimeoutMs: number;
+  /** Use QEMU's background-snapshot for --live when it takes it (default); false forces live migrate-to-file. */
+  backgroundSnapshot: boolean;
 }
 
 interface PreparedOverlay {
@@ -253,6 +255,7 @@ export async function createQemuSnapshot(
 
   /** Live memory: background-snapshot when QEMU takes the capability, else migrate-to-file as libvirt does. */
   async function liveSave(): Promise<Method> {
+    if (!opts.backgroundSnapshot) return liveMigrate();
     try {
       await mon.setCapabilities({ 'background-snapshot': true });
     } catch (err) {

@@ -1,0 +1,185 @@
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { mkdir, readFile, writeFile, chmod } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { QmpClient } from '../../src/hypervisor/qemu/qmp-client.js';
+
+/**
+ * A real QEMU with real disks and no kernel: the firmware finds nothing to
+ * boot and idles, which is all the block layer, migration and QMP need.
+ * Starts in well under a second under TCG, so the QMP machinery is tested
+ * in depth here; the guest with a kernel (qemu-guest.ts) checks what only
+ * a running OS can show. The test writes "guest data" through QEMU's own
+ * block layer (HMP qemu-io on the device), exactly where a guest's writes go.
+ */
+export interface BareVm {
+  dir: string;
+  qmpSocket: string;
+  testSocket: string;
+  /** argv that starts this VM (daemonized); vmsnap's `launch`. */
+  launch: string[];
+  start(): Promise<void>;
+  /** Write `pattern` (a byte) over 1 MiB at `mib` MiB of the device, through QEMU. */
+  write(device: string, mib: number, pattern: number): Promise<void>;
+  /** True when 1 MiB at `mib` holds `pattern` as QEMU sees the disk now (through its chain). */
+  holds(device: string, mib: number, pattern: number): Promise<boolean>;
+  status(): Promise<string>;
+  qmp<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
+  isRunning(): Promise<boolean>;
+  kill(): Promise<void>;
+}
+
+export interface BareVmDisk {
+  id: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+}
+
+export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 128): Promise<BareVm> {
+  await mkdir(dir, { recursive: true });
+  const qmpSocket = join(dir, 'qmp.sock');
+  const testSocket = join(dir, 'test.sock');
+  const pidFile = join(dir, 'qemu.pid');
+  const args = [
+    '-machine', 'pc-i440fx-7.2', '-accel', 'tcg', '-m', String(memMiB), '-nodefaults', '-display', 'none', '-daemonize',
+    '-pidfile', pidFile,
+    '-qmp', `unix:${qmpSocket},server=on,wait=off`,
+    '-chardev', `socket,id=test,path=${testSocket},server=on,wait=off`, '-mon', 'chardev=test,mode=control',
+    ...disks.flatMap((d, i) => [
+      '-blockdev', `driver=file,filename=${d.path},node-name=disk${i}-file`,
+      '-blockdev', `driver=${d.format},file=disk${i}-file,node-name=disk${i}`,
+      '-device', `virtio-blk-pci,drive=disk${i},id=${d.id}`,
+    ]),
+  ];
+  // A launcher script, as an operator would have: vmsnap appends -S -incoming defer to it.
+  const launcher = join(dir, 'launch.sh');
+  await writeFile(launcher, `#!/bin/sh\nexec qemu-system-x86_64 ${args.map((a) => `'${a}'`).join(' ')} "$@"\n`);
+  await chmod(launcher, 0o755);
+
+  let test: QmpClient | undefined;
+  const testClient = async (): Promise<QmpClient> => {
+    if (test !== undefined && !test.isClosed) return test;
+    test = await QmpClient.connect(testSocket);
+    return test;
+  };
+  const hmp = async (line: string): Promise<string> => (await testClient()).execute<string>('human-monitor-command', { 'command-line': line });
+  const qdev = (device: string) => `/machine/peripheral/${device}/virtio-backend`;
+  const pid = async (): Promise<number | undefined> => {
+    const text = await readFile(pidFile, 'utf8').catch(() => undefined);
+    const n = text === undefined ? NaN : Number.parseInt(text, 10);
+    return Number.isNaN(n) ? undefined : n;
+  };
+  const alive = async (): Promise<boolean> => {
+    const p = await pid();
+    if (p === undefined) return false;
+    try {
+      process.kill(p, 0);
+      const stat = await readFile(`/proc/${p}/stat`, 'utf8');
+      return !/^\d+ \([^)]*\) Z/.test(stat); // a zombie is not running
+    } catch {
+      return false;
+    }
+  };
+
+  return {
+    dir,
+    qmpSocket,
+    testSocket,
+    launch: [launcher],
+    async start() {
+      await execa(launcher, []);
+    },
+    async write(device, mib, pattern) {
+      const out = await hmp(`qemu-io -d ${qdev(device)} "write -P ${pattern} ${mib}M 1M"`);
+      if (out.trim() !== '') throw new Error(`qemu-io write on ${device}: ${out}`);
+    },
+    async holds(device, mib, pattern) {
+      // HMP's qemu-io prints to QEMU's stdout, not to the monitor: flush QEMU's
+      // caches, then read the image from outside, as QEMU sees it, with -U.
+      await hmp(`qemu-io -d ${qdev(device)} "flush"`);
+      const disk = disks.find((d) => d.id === device);
+      if (disk === undefined) throw new Error(`no disk ${device}`);
+      const { stdout } = await execa('qemu-io', ['-U', '-r', '-f', disk.format, '-c', `read -P ${pattern} ${mib}M 1M`, disk.path], { reject: false });
+      if (!/^read 1048576\/1048576 bytes/m.test(stdout) && !/Pattern verification failed/.test(stdout)) {
+        throw new Error(`qemu-io read on ${disk.path}: ${stdout}`);
+      }
+      return !/Pattern verification failed/.test(stdout);
+    },
+    async status() {
+      return (await (await testClient()).execute<{ status: string }>('query-status')).status;
+    },
+    async qmp(command, a) {
+      return (await testClient()).execute(command, a);
+    },
+    isRunning: alive,
+    async kill() {
+      test?.close();
+      test = undefined;
+      const p = await pid();
+      if (p !== undefined) {
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+      for (let i = 0; i < 100 && (await alive()); i++) await new Promise((r) => setTimeout(r, 20));
+    },
+  };
+}
+
+/**
+ * A QMP socket in front of the real one that the test can cut: every
+ * connection is forwarded, and `cutWhen` drops vmsnap's connection when it
+ * sends a matching command (which never reaches QEMU). Later connections
+ * pass, as they would after a real QMP hiccup.
+ */
+export class QmpProxy {
+  private server: Server | undefined;
+  private readonly conns = new Set<Socket>();
+  cuts = 0;
+  cutWhen: ((line: string) => boolean) | undefined;
+
+  constructor(
+    readonly path: string,
+    readonly target: string,
+  ) {}
+
+  async start(): Promise<void> {
+    this.server = createServer((client) => {
+      const upstream = connect(this.target);
+      this.conns.add(client);
+      upstream.pipe(client);
+      let buf = '';
+      client.on('data', (d: Buffer) => {
+        buf += d.toString();
+        const lines = buf.split('\n');
+        buf = lines.pop() ?? '';
+        if (this.cutWhen !== undefined && lines.some((l) => this.cutWhen?.(l))) {
+          // The matching command never reaches QEMU: the connection dies under it.
+          this.cutWhen = undefined;
+          this.cuts++;
+          client.destroy();
+          upstream.destroy();
+          return;
+        }
+        upstream.write(d);
+      });
+      const close = () => {
+        this.conns.delete(client);
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('close', close);
+      client.on('error', close);
+      upstream.on('close', close);
+      upstream.on('error', close);
+    });
+    await new Promise<void>((r) => this.server?.listen(this.path, r));
+  }
+
+  async stop(): Promise<void> {
+    for (const c of this.conns) c.destroy();
+    await new Promise<void>((r) => (this.server === undefined ? r() : this.server.close(() => r())));
+  }
+}
