@@ -12,7 +12,6 @@ need qemu-io qemu-utils
 need qemu-system-x86_64 qemu-system-x86
 need redis-server redis-server
 need cpio cpio
-[ -x /bin/busybox ] || pkgs+=(busybox-static)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing ${pkgs[*]}; run as root or: sudo apt-get install -y ${pkgs[*]}" >&2
@@ -31,6 +30,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 npm run build --silent
 
+# The test guest: Debian kernel + busybox-static fetched with apt-get download.
 if [ -f test/guest/build-guest.sh ]; then
   bash test/guest/build-guest.sh >&2
 fi

@@ -1,16 +1,19 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { mkdir, readFile, writeFile, chmod } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile, chmod, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { QmpClient } from '../../src/hypervisor/qemu/qmp-client.js';
 
 /**
- * A real QEMU with real disks and no kernel: the firmware finds nothing to
- * boot and idles, which is all the block layer, migration and QMP need.
- * Starts in well under a second under TCG, so the QMP machinery is tested
- * in depth here; the guest with a kernel (qemu-guest.ts) checks what only
- * a running OS can show. The test writes "guest data" through QEMU's own
- * block layer (HMP qemu-io on the device), exactly where a guest's writes go.
+ * Real QEMU VMs for the tests, in two kinds:
+ * - bare (no kernel): the firmware finds nothing to boot and idles, which is
+ *   all the block layer, migration and QMP need; starts in milliseconds. The
+ *   test writes "guest data" through QEMU's own block layer (HMP qemu-io on
+ *   the device), exactly where a guest's writes go.
+ * - guest: the tiny Debian kernel + busybox guest of test/guest/build-guest.sh,
+ *   whose counter (in guest RAM, printed on the serial console and written to
+ *   offset 0 of its disks) shows what a revert really restored.
  */
 export interface BareVm {
   dir: string;
@@ -24,6 +27,14 @@ export interface BareVm {
   /** True when 1 MiB at `mib` holds `pattern` as QEMU sees the disk now (through its chain). */
   holds(device: string, mib: number, pattern: number): Promise<boolean>;
   status(): Promise<string>;
+  /** Guest only: the serial console log, appended across restarts. */
+  serialLog: string;
+  /** Guest only: COUNTER values printed on the console, in order. */
+  counters(): Promise<number[]>;
+  /** Guest only: wait until the console shows a counter above `n`; returns it. */
+  waitForCounterAbove(n: number, timeoutMs?: number): Promise<number>;
+  /** Guest only: the counter the guest last wrote at offset 0 of a disk, read from outside. */
+  diskCounter(device: string): Promise<number>;
   qmp<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
   isRunning(): Promise<boolean>;
   kill(): Promise<void>;
@@ -35,13 +46,72 @@ export interface BareVmDisk {
   format: 'qcow2' | 'raw';
 }
 
-export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 128): Promise<BareVm> {
+export interface GuestOptions {
+  fillMiB?: number;
+  dirtyMiB?: number;
+  tickMs?: number;
+}
+
+/** Where build-guest.sh put the guest; a clear error when it has not run. */
+export function guestArtifacts(): { kernel: string; initrd: string } {
+  const dir = process.env['VMSNAP_GUEST_DIR'] ?? new URL('../../.cache/guest', import.meta.url).pathname;
+  const kernel = join(dir, 'vmlinuz');
+  const initrd = join(dir, 'initrd.img');
+  if (!existsSync(kernel) || !existsSync(initrd)) {
+    throw new Error(`the test guest is missing in ${dir}: run test/guest/build-guest.sh (.ci/run and npm run setup do)`);
+  }
+  return { kernel, initrd };
+}
+
+let accel: Promise<'kvm' | 'tcg'> | undefined;
+
+/**
+ * KVM when a guest really boots under it, else TCG. /dev/kvm can exist and
+ * still not work (these machines: no vmx/svm), so the probe boots the guest.
+ * VMSNAP_TEST_ACCEL=kvm|tcg skips the probe.
+ */
+export function pickAccel(): Promise<'kvm' | 'tcg'> {
+  const forced = process.env['VMSNAP_TEST_ACCEL'];
+  if (forced === 'kvm' || forced === 'tcg') return Promise.resolve(forced);
+  accel ??= (async () => {
+    if (!existsSync('/dev/kvm')) return 'tcg';
+    const { kernel, initrd } = guestArtifacts();
+    const dir = join('/tmp', `vmsnap-kvm-probe-${process.pid}`);
+    await mkdir(dir, { recursive: true });
+    const log = join(dir, 'serial');
+    const probe = execa('qemu-system-x86_64', ['-accel', 'kvm', '-m', '128', '-nodefaults', '-display', 'none', '-no-reboot',
+      '-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet panic=-1', '-serial', `file:${log}`], { reject: false });
+    try {
+      for (let i = 0; i < 100; i++) {
+        if ((await readFile(log, 'utf8').catch(() => '')).includes('VMSNAP-READY')) return 'kvm';
+        if (probe.exitCode !== null) return 'tcg';
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return 'tcg';
+    } finally {
+      probe.kill('SIGKILL');
+      await probe;
+      await rm(dir, { recursive: true, force: true });
+    }
+  })();
+  return accel;
+}
+
+export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 128, guest?: GuestOptions): Promise<BareVm> {
   await mkdir(dir, { recursive: true });
+  const serialLog = join(dir, 'serial.log');
+  const kernelArgs: string[] = [];
+  if (guest !== undefined) {
+    const { kernel, initrd } = guestArtifacts();
+    const cmdline = ['console=ttyS0', 'quiet', 'panic=-1', `vmsnap.fill_mb=${guest.fillMiB ?? 0}`, `vmsnap.dirty_mb=${guest.dirtyMiB ?? 0}`, `vmsnap.tick_ms=${guest.tickMs ?? 200}`];
+    kernelArgs.push('-kernel', kernel, '-initrd', initrd, '-append', cmdline.join(' '), '-no-reboot',
+      '-chardev', `file,id=ser0,path=${serialLog},append=on`, '-serial', 'chardev:ser0');
+  }
   const qmpSocket = join(dir, 'qmp.sock');
   const testSocket = join(dir, 'test.sock');
   const pidFile = join(dir, 'qemu.pid');
   const args = [
-    '-machine', 'pc-i440fx-7.2', '-accel', 'tcg', '-m', String(memMiB), '-nodefaults', '-display', 'none', '-daemonize',
+    '-machine', 'pc-i440fx-7.2', '-accel', guest !== undefined ? await pickAccel() : 'tcg', '-m', String(memMiB), ...kernelArgs, '-nodefaults', '-display', 'none', '-daemonize',
     '-pidfile', pidFile,
     '-qmp', `unix:${qmpSocket},server=on,wait=off`,
     '-chardev', `socket,id=test,path=${testSocket},server=on,wait=off`, '-mon', 'chardev=test,mode=control',
@@ -81,8 +151,33 @@ export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 12
     }
   };
 
+  const counters = async (): Promise<number[]> => {
+    const text = await readFile(serialLog, 'utf8').catch(() => '');
+    return [...text.matchAll(/^COUNTER (\d+)\r?$/gm)].map((m) => Number(m[1]));
+  };
+
   return {
     dir,
+    serialLog,
+    counters,
+    async waitForCounterAbove(n, timeoutMs = 60_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const last = (await counters()).at(-1);
+        if (last !== undefined && last > n) return last;
+        if (Date.now() > deadline) throw new Error(`the guest's counter did not pass ${n} within ${timeoutMs} ms (last ${last ?? 'none'}); see ${serialLog}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    async diskCounter(device) {
+      const disk = disks.find((d) => d.id === device);
+      if (disk === undefined) throw new Error(`no disk ${device}`);
+      const { stdout } = await execa('qemu-io', ['-U', '-r', '-f', disk.format, '-c', 'read -v 0 32', disk.path]);
+      const text = stdout.split('\n').filter((l) => /^[0-9a-f]{8}:/.test(l)).map((l) => l.slice(60)).join('');
+      const m = /COUNTER.(\d+)/.exec(text);
+      if (m === null) throw new Error(`no counter at offset 0 of ${disk.path}: ${stdout}`);
+      return Number(m[1]);
+    },
     qmpSocket,
     testSocket,
     launch: [launcher],
