@@ -18,6 +18,13 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 
+# Never ask for more than fits: what is asked and does not fit is cut, not an OOM panic.
+avail=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
+room=$((avail - 48 - 8))
+[ $dirty -gt $((room / 2)) ] && dirty=$((room / 2))
+[ $fill -gt $((room - dirty)) ] && fill=$((room - dirty))
+[ $fill -lt 0 ] && fill=0
+
 # RAM: non-zero data (zero pages cost a migration nothing), made by doubling
 # one random MiB up to an 8 MiB chunk, since /dev/urandom is slow under TCG.
 mount -t tmpfs -o size=95% tmpfs /mem
