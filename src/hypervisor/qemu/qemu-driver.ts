@@ -226,6 +226,10 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
         const files = chain.map((i) => i.filename);
         const k = files.indexOf(entry.file);
         if (k <= 0) continue; // not in the active chain: the backend rebases its children offline
+        const tags = (chain[k]?.snapshots ?? []).map((t) => t.name);
+        if (tags.length > 0) {
+          throw new VmsnapError('conflict', `disk ${entry.target}: ${entry.file} also holds internal snapshots (${tags.join(', ')}); delete those first`);
+        }
         const graph = await mon.chain(dev.nodeName);
         const nodes = graph.map((g) => g.node);
         if (nodes.length !== files.length) {
