@@ -12,6 +12,7 @@ import type { RetentionRules } from '../domain/retention-rules.js';
 import { parseRfc3339, parseTimesInput, simulateRetention, formatRetentionTable } from '../domain/simulate-retention.js';
 import { createPipelineDeps } from './deps.js';
 import { createProgressPrinter } from './progress.js';
+import { addServiceCommands, enqueueSnapshot, type ServiceContext } from './service-commands.js';
 import { formatCreated, formatPlan, formatSnapshotList } from './format-snapshots.js';
 import { parseCountFlag, parseDiskFlags, parseMemoryFlag } from './parse-flags.js';
 
@@ -19,6 +20,16 @@ export interface CliIo {
   stdout: NodeJS.WritableStream & { isTTY?: boolean };
   stderr: NodeJS.WritableStream & { isTTY?: boolean };
   stdin: NodeJS.ReadableStream & { isTTY?: boolean };
+  /** Long-running commands (run, worker) stop when this resolves; default SIGINT/SIGTERM. */
+  stopSignal?: () => Promise<string>;
+}
+
+function waitForSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (sig: string) => () => resolve(sig);
+    process.once('SIGINT', on('SIGINT'));
+    process.once('SIGTERM', on('SIGTERM'));
+  });
 }
 
 export const DEFAULT_CONFIG = 'config/vmsnap.yaml';
@@ -56,6 +67,15 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .addHelpText('after', EXIT_HELP);
 
   const config = async (): Promise<ResolvedConfig> => loadConfig(program.opts<{ config: string }>().config);
+  const serviceCtx: ServiceContext = {
+    config,
+    out,
+    json,
+    err: (text) => io.stderr.write(text.endsWith('\n') ? text : `${text}\n`),
+    logger,
+    progress,
+    stopSignal: io.stopSignal ?? waitForSignal,
+  };
 
   // ---- snapshot ----
   const snapshot = program
@@ -63,7 +83,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .description('create, list, revert and delete snapshots of one domain')
     .exitOverride();
 
-  snapshot
+  const snapshotCreate = snapshot
     .command('create')
     .description('take a snapshot of DOMAIN now, in this process')
     .argument('<domain>', 'domain name from the config')
@@ -92,6 +112,26 @@ Examples:
     .action(async (domainName: string, opts: CreateFlags) => {
       const cfg = await config();
       const domain = findDomain(cfg, domainName);
+      if (opts.wait === true && opts.queue !== true) throw new VmsnapError('usage', '--wait follows a queued job; add --queue');
+      if (opts.queue === true) {
+        if (opts.dryRun === true) throw new VmsnapError('usage', '--dry-run runs here; drop --queue');
+        const disks = parseDiskFlags(opts.disk);
+        for (const [target, req] of Object.entries(disks)) {
+          if (req.file !== undefined) throw new VmsnapError('usage', `--disk ${target}=...,file=: a queued job cannot choose paths; drop file= or drop --queue`);
+        }
+        await enqueueSnapshot(serviceCtx, cfg, {
+          kind: 'snapshot',
+          domain: domain.name,
+          ...(opts.name !== undefined ? { name: opts.name } : {}),
+          ...(opts.memory !== undefined ? { memory: parseMemoryFlag(opts.memory) } : {}),
+          ...(opts.diskOnly ? { diskOnly: true } : {}),
+          ...(opts.live ? { live: true } : {}),
+          ...(opts.halt ? { halt: true } : {}),
+          ...(Object.keys(disks).length > 0 ? { disks: Object.fromEntries(Object.entries(disks).map(([t, r]) => [t, r.mode])) } : {}),
+          ...(opts.description !== undefined ? { description: opts.description } : {}),
+        }, { wait: opts.wait === true, json: opts.json === true });
+        return;
+      }
       const report = await createSnapshot(createPipelineDeps(logger, opts.json ? undefined : progress), domain, {
         ...(opts.name !== undefined ? { name: opts.name } : {}),
         ...(opts.description !== undefined ? { description: opts.description } : {}),
@@ -263,6 +303,8 @@ Example:
       out(table ? formatRetentionTable(result) : JSON.stringify(result));
     });
 
+  addServiceCommands(program, snapshotCreate, serviceCtx);
+
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return 0;
@@ -289,6 +331,8 @@ interface CreateFlags {
   description?: string;
   dryRun?: boolean;
   json?: boolean;
+  queue?: boolean;
+  wait?: boolean;
 }
 
 interface SimulateFlags {

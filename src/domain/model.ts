@@ -76,6 +76,10 @@ export interface SnapshotManifest {
   /** Guest downtime between QMP STOP and RESUME; null when the guest was not paused by us. */
   downtimeMs: number | null;
   description?: string;
+  /** UTC, when the data was all taken (just before the manifest was committed). */
+  finishedAt?: string;
+  /** Policy runs: the schedule slot (UTC) this snapshot is for; one snapshot per slot. */
+  slot?: string;
   /** What happened that differs from what was asked, e.g. a memory save that failed after the disks were taken. */
   notes?: string[];
 }

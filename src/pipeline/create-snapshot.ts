@@ -15,6 +15,8 @@ export interface CreateSnapshotOptions extends SnapshotOptions {
   dryRun?: boolean;
   /** Shut the domain down once the snapshot is taken (running domains). */
   halt?: boolean;
+  /** Policy runs: the schedule slot; a slot that already has its snapshot is not taken twice. */
+  slot?: string;
 }
 
 export interface CreateSnapshotReport {
@@ -101,6 +103,7 @@ export async function createSnapshot(
         name,
         domain: domain.name,
         createdAt: startedAt.toISOString(),
+        finishedAt: deps.now().toISOString(),
         origin: options.origin ?? 'adhoc',
         policy: options.origin === 'policy' ? (options.policy ?? null) : null,
         kind: plan.kind,
@@ -113,6 +116,7 @@ export async function createSnapshot(
         durationsMs,
         downtimeMs: null,
         ...(options.description !== undefined ? { description: options.description } : {}),
+        ...(options.slot !== undefined ? { slot: options.slot } : {}),
       };
       await catalog.commit(manifest);
       await catalog.setCurrent(domain.name, name);
@@ -188,6 +192,7 @@ async function createOnline(
       name,
       domain: domain.name,
       createdAt: startedAt.toISOString(),
+      finishedAt: deps.now().toISOString(),
       origin: options.origin ?? 'adhoc',
       policy: options.origin === 'policy' ? (options.policy ?? null) : null,
       kind: result.kind,
@@ -201,6 +206,7 @@ async function createOnline(
       downtimeMs: result.downtimeMs,
       ...(options.description !== undefined ? { description: options.description } : {}),
       ...(result.note !== undefined ? { notes: [result.note] } : {}),
+      ...(options.slot !== undefined ? { slot: options.slot } : {}),
     };
     await catalog.commit(manifest);
     await catalog.setCurrent(domain.name, name);

@@ -1,0 +1,186 @@
+import { hostname } from 'node:os';
+import { DelayedError, Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { findDomain, type ResolvedConfig, type ResolvedDomain, type ResolvedPolicy } from '../config/load-config.js';
+import { VmsnapError, isRetryable } from '../errors.js';
+import type { PipelineDeps, ProgressEvent } from '../pipeline/context.js';
+import { catalogFor } from '../pipeline/context.js';
+import { createSnapshot } from '../pipeline/create-snapshot.js';
+import { deleteSnapshot } from '../pipeline/delete-snapshot.js';
+import { pruneSnapshots } from '../pipeline/prune-snapshots.js';
+import { revertSnapshot } from '../pipeline/revert-snapshot.js';
+import { DomainLease } from './domain-lease.js';
+import { QUEUE_PREFIX, parseJobData, queueName, type JobData, type JobResult } from './jobs.js';
+import { createRedis, type RedisTarget } from './redis.js';
+import { recordOutcome } from './status.js';
+
+export interface WorkerOptions {
+  config: ResolvedConfig;
+  host: string;
+  connection: RedisTarget;
+  concurrency?: number;
+  /** Builds the pipeline's dependencies for one job, with its progress callback. */
+  depsFor(onProgress: (e: ProgressEvent) => void): PipelineDeps;
+  logger: Logger;
+  /** Lease on a domain; renewed every third of it while the job runs. */
+  leaseMs?: number;
+  /** How long a job that found its domain busy waits before it is tried again. */
+  busyDelayMs?: number;
+  /** Called after each job, for `vmsnap run`'s activity lines. */
+  onOutcome?(outcome: { job: Job; result?: JobResult; error?: Error }): void;
+}
+
+export interface RunningWorker {
+  worker: Worker;
+  /** Finish running jobs (a domain is never left paused), then stop. */
+  close(): Promise<void>;
+}
+
+/**
+ * A worker for one host's queue. Jobs are validated, run through the same
+ * pipeline as the CLI under a Redis lease on their domain, and end as:
+ * success (the job's return value says what was made), a retry with backoff
+ * (lock busy elsewhere, QMP lost, timeouts), or an unrecoverable failure
+ * (bad payload, unknown domain, impossible request) that runs once.
+ */
+export function startWorker(options: WorkerOptions): RunningWorker {
+  const { config, host, logger } = options;
+  const leaseMs = options.leaseMs ?? 60_000;
+  const busyDelayMs = options.busyDelayMs ?? 5_000;
+  const holder = `${hostname()}:${process.pid}`;
+  const redis: Redis = createRedis(options.connection);
+  const queue = new Queue(queueName(host), { connection: createRedis(options.connection), prefix: QUEUE_PREFIX });
+
+  const processor = async (job: Job, token?: string): Promise<JobResult> => {
+    let data: JobData;
+    let domain: ResolvedDomain;
+    try {
+      data = parseJobData(job.data);
+      domain = findDomain(config, data.domain);
+      if (domain.host !== host) {
+        throw new VmsnapError('bad-input', `domain ${domain.name} belongs to host ${domain.host}, not ${host}; enqueue it on that host's queue`);
+      }
+    } catch (err) {
+      throw new UnrecoverableError((err as Error).message);
+    }
+
+    const lease = await DomainLease.acquire(redis, domain.name, `${holder}:${job.id ?? '?'}`, leaseMs);
+    if (lease === undefined) {
+      // Busy is not a failure: come back later without spending an attempt.
+      const by = await DomainLease.holder(redis, domain.name);
+      logger.info({ job: job.id, domain: domain.name, by }, 'domain busy; job delayed');
+      await job.moveToDelayed(Date.now() + busyDelayMs, token);
+      throw new DelayedError();
+    }
+    const log = logger.child({ job: job.id, kind: data.kind, domain: domain.name });
+    let lastReport = 0;
+    const deps = options.depsFor((e) => {
+      const now = Date.now();
+      if (e.fraction !== undefined && e.fraction < 1 && now - lastReport < 250) return;
+      lastReport = now;
+      void job.updateProgress({ step: e.step, ...(e.fraction !== undefined ? { fraction: e.fraction } : {}), ...(e.detail !== undefined ? { detail: e.detail } : {}) }).catch(() => undefined);
+    });
+    try {
+      const result = await run(job, data, domain, deps);
+      await recordOutcome(redis, data, result, undefined, new Date()).catch(() => undefined);
+      return result;
+    } catch (err) {
+      await recordOutcome(redis, data, undefined, err as Error, new Date()).catch(() => undefined);
+      log.warn({ err }, 'job failed');
+      if (!isRetryable(err)) throw new UnrecoverableError((err as Error).message);
+      throw err;
+    } finally {
+      await lease.release();
+    }
+  };
+
+  async function run(job: Job, data: JobData, domain: ResolvedDomain, deps: PipelineDeps): Promise<JobResult> {
+    switch (data.kind) {
+      case 'snapshot': {
+        const policy = data.policy === undefined ? undefined : findPolicy(config, data.policy);
+        const slot = policy === undefined ? undefined : slotOf(job);
+        if (policy !== undefined && slot !== undefined) {
+          const done = (await catalogFor(domain).list(domain.name)).snapshots.find((s) => s.policy === policy.name && s.slot === slot);
+          if (done !== undefined) return { kind: 'snapshot', domain: domain.name, snapshot: done.name, skipped: `slot ${slot} already has snapshot ${done.name}` };
+        }
+        const report = await createSnapshot(deps, domain, {
+          ...(data.name !== undefined ? { name: data.name } : {}),
+          ...(data.memory !== undefined ? { memory: data.memory } : policy?.memory !== undefined ? { memory: policy.memory } : {}),
+          ...(data.diskOnly === true || policy?.kind === 'disk-only' ? { diskOnly: true } : {}),
+          ...(data.live === true || policy?.live === true ? { live: true } : {}),
+          ...(data.halt === true ? { halt: true } : {}),
+          disks: Object.fromEntries(Object.entries({ ...(policy?.disks ?? {}), ...(data.disks ?? {}) }).map(([t, mode]) => [t, { mode }])),
+          ...(data.description !== undefined ? { description: data.description } : {}),
+          origin: policy === undefined ? 'adhoc' : 'policy',
+          ...(policy !== undefined ? { policy: policy.name } : {}),
+          ...(slot !== undefined ? { slot } : {}),
+        });
+        const m = report.manifest;
+        if (policy !== undefined) {
+          // One prune per (domain, policy) waiting at a time.
+          await queue.add(
+            'prune',
+            { kind: 'prune', domain: domain.name, policy: policy.name },
+            { jobId: `prune~${policy.name}~${domain.name}`, removeOnComplete: true, removeOnFail: { count: 100 }, attempts: policy.retry.attempts, backoff: { type: 'exponential', delay: policy.retry.backoffMs } },
+          );
+        }
+        return { kind: 'snapshot', domain: domain.name, snapshot: report.name, method: m?.method ?? 'offline', downtimeMs: m?.downtimeMs ?? null, durationsMs: m?.durationsMs ?? {} };
+      }
+      case 'prune': {
+        const r = await pruneSnapshots(deps, domain, findPolicy(config, data.policy));
+        return { kind: 'prune', domain: domain.name, pruned: r.pruned };
+      }
+      case 'revert': {
+        await revertSnapshot(deps, domain, data.snapshot, {
+          ...(data.force !== undefined ? { force: data.force } : {}),
+          ...(data.running !== undefined ? { running: data.running } : {}),
+          ...(data.paused !== undefined ? { paused: data.paused } : {}),
+        });
+        return { kind: 'revert', domain: domain.name, snapshot: data.snapshot };
+      }
+      case 'delete': {
+        await deleteSnapshot(deps, domain, data.snapshot);
+        return { kind: 'delete', domain: domain.name, snapshot: data.snapshot };
+      }
+    }
+  }
+
+  const worker = new Worker(queueName(host), processor, {
+    connection: createRedis(options.connection),
+    prefix: QUEUE_PREFIX,
+    concurrency: options.concurrency ?? 1,
+    // Long memory saves keep BullMQ's job lock renewed; a worker that dies loses it and the job is picked up again.
+    lockDuration: 60_000,
+    stalledInterval: 30_000,
+    maxStalledCount: 2,
+  });
+  worker.on('completed', (job, result: JobResult) => options.onOutcome?.({ job, result }));
+  worker.on('failed', (job, error) => {
+    if (job !== undefined) options.onOutcome?.({ job, error });
+  });
+  worker.on('error', (err) => logger.error({ err }, 'worker error'));
+
+  return {
+    worker,
+    async close() {
+      await worker.close();
+      await queue.close();
+      redis.disconnect();
+    },
+  };
+}
+
+export function findPolicy(config: ResolvedConfig, name: string): ResolvedPolicy {
+  const p = config.policies.find((x) => x.name === name);
+  if (p === undefined) {
+    throw new VmsnapError('bad-input', `unknown policy ${JSON.stringify(name)}; configured policies: ${config.policies.map((x) => x.name).join(', ') || 'none'}`);
+  }
+  return p;
+}
+
+/** The schedule slot of a scheduler's job ("repeat:<scheduler>:<millis>") or a catch-up job ("catchup~...~<millis>"). */
+export function slotOf(job: Pick<Job, 'id'>): string | undefined {
+  const m = /(?:^repeat:.*:|^catchup~.*~)(\d{10,})$/.exec(job.id ?? '');
+  return m === null ? undefined : new Date(Number(m[1])).toISOString();
+}
