@@ -6,7 +6,7 @@ import { VmsnapError } from '../errors.js';
 import { findDomain, type ResolvedConfig } from '../config/load-config.js';
 import type { ProgressEvent } from '../pipeline/context.js';
 import { QUEUE_PREFIX, parseJobData, queueName, type JobResult } from '../queue/jobs.js';
-import { createRedis, startEmbeddedRedis, type EmbeddedRedis, type RedisTarget } from '../queue/redis.js';
+import { assertRedisReachable, createRedis, startEmbeddedRedis, type EmbeddedRedis, type RedisTarget } from '../queue/redis.js';
 import { gatherStatus } from '../queue/status.js';
 import { startWorker } from '../queue/worker.js';
 import { previewRuns, reconcileSchedulers } from '../scheduler/reconcile.js';
@@ -114,6 +114,7 @@ never left paused), then it exits.`,
     .action(async (opts: { host: string; concurrency: string }) => {
       const config = await ctx.config();
       const host = pickHost(config, opts.host);
+      await assertRedisReachable(redisTarget(config));
       const w = startWorker({
         config,
         host,
@@ -145,6 +146,7 @@ now when its last run is older than one period.`,
     )
     .action(async (opts: { catchUp: boolean; json?: boolean }) => {
       const config = await ctx.config();
+      await assertRedisReachable(redisTarget(config));
       const rec = await reconcileSchedulers(config, redisTarget(config), { logger: ctx.logger, catchUp: opts.catchUp });
       if (opts.json) ctx.json(rec);
       else {
@@ -190,6 +192,7 @@ now when its last run is older than one period.`,
     .option('--json', 'print as JSON')
     .action(async (opts: { json?: boolean }) => {
       const config = await ctx.config();
+      await assertRedisReachable(redisTarget(config));
       const report = await gatherStatus(config, redisTarget(config));
       if (opts.json) {
         ctx.json(report);
@@ -221,6 +224,7 @@ export async function enqueueSnapshot(
   const payload = parseJobData(data); // the worker validates again on arrival
   const domain = findDomain(config, payload.domain);
   const target = redisTarget(config);
+  await assertRedisReachable(target);
   const queue = new Queue(queueName(domain.host), { connection: createRedis(target), prefix: QUEUE_PREFIX });
   const events = options.wait ? new QueueEvents(queueName(domain.host), { connection: createRedis(target), prefix: QUEUE_PREFIX }) : undefined;
   try {

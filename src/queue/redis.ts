@@ -31,7 +31,44 @@ export function redisOptions(target: RedisTarget): RedisOptions & { url?: string
 
 export function createRedis(target: RedisTarget): Redis {
   const { url, ...options } = redisOptions(target);
-  return url !== undefined ? new Redis(url, options) : new Redis(options);
+  const r = url !== undefined ? new Redis(url, options) : new Redis(options);
+  // ioredis reconnects on its own; without a listener every failed attempt is printed.
+  r.on('error', () => undefined);
+  return r;
+}
+
+export function describeTarget(target: RedisTarget): string {
+  switch (target.kind) {
+    case 'socket':
+      return `unix socket ${target.path}`;
+    case 'url':
+      return target.url.replace(/\/\/[^@/]*@/, '//***@');
+    case 'sentinel':
+      return `sentinel master ${target.name}`;
+  }
+}
+
+/**
+ * One-shot commands (status, scheduler, --queue) fail fast with the fix
+ * instead of waiting for a Redis that is not there; workers wait it out.
+ */
+export async function assertRedisReachable(target: RedisTarget, timeoutMs = 3_000): Promise<void> {
+  const { url, ...options } = redisOptions(target);
+  const probeOptions = { ...options, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs };
+  const probe = url !== undefined ? new Redis(url, probeOptions) : new Redis(probeOptions);
+  probe.on('error', () => undefined);
+  try {
+    await probe.connect();
+    await probe.ping();
+  } catch (err) {
+    throw new VmsnapError(
+      'unavailable',
+      `cannot reach Redis at ${describeTarget(target)}: ${(err as Error).message}; start \`vmsnap run\` (embedded Redis) or fix the redis section of the config`,
+      { cause: err },
+    );
+  } finally {
+    probe.disconnect();
+  }
 }
 
 /**

@@ -9,7 +9,7 @@ export interface CliResult {
   stderr: string;
 }
 
-class Sink extends Writable {
+export class Sink extends Writable {
   text = '';
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
     this.text += chunk.toString();
@@ -18,11 +18,11 @@ class Sink extends Writable {
 }
 
 /** Run the CLI in this process (fast; same code path as the binary's main). */
-export async function vmsnap(args: string[], options: { stdin?: string } = {}): Promise<CliResult> {
-  const stdout = new Sink();
+export async function vmsnap(args: string[], options: { stdin?: string; stopSignal?: () => Promise<string>; stdout?: Sink } = {}): Promise<CliResult> {
+  const stdout = options.stdout ?? new Sink();
   const stderr = new Sink();
   const stdin = Readable.from(options.stdin === undefined ? [] : [options.stdin]);
-  const code = await runCli(args, { stdout, stderr, stdin });
+  const code = await runCli(args, { stdout, stderr, stdin, ...(options.stopSignal !== undefined ? { stopSignal: options.stopSignal } : {}) });
   return { code, stdout: stdout.text, stderr: stderr.text };
 }
 
