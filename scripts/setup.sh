@@ -31,6 +31,6 @@ fi
 npm run build --silent
 
 # The test guest: Debian kernel + busybox-static fetched with apt-get download.
-if [ -f test/guest/build-guest.sh ]; then
+if [ -z "${VMSNAP_SKIP_GUEST:-}" ] && [ -f test/guest/build-guest.sh ]; then
   bash test/guest/build-guest.sh >&2
 fi

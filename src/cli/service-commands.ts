@@ -225,8 +225,10 @@ export async function enqueueSnapshot(
   const domain = findDomain(config, payload.domain);
   const target = redisTarget(config);
   await assertRedisReachable(target);
-  const queue = new Queue(queueName(domain.host), { connection: createRedis(target), prefix: QUEUE_PREFIX });
-  const events = options.wait ? new QueueEvents(queueName(domain.host), { connection: createRedis(target), prefix: QUEUE_PREFIX }) : undefined;
+  const queueConnection = createRedis(target);
+  const eventsConnection = createRedis(target);
+  const queue = new Queue(queueName(domain.host), { connection: queueConnection, prefix: QUEUE_PREFIX });
+  const events = options.wait ? new QueueEvents(queueName(domain.host), { connection: eventsConnection, prefix: QUEUE_PREFIX }) : undefined;
   try {
     await events?.waitUntilReady();
     const job = await queue.add('snapshot', payload, { attempts: 3, backoff: { type: 'exponential', delay: 10_000 }, removeOnComplete: { count: 500 }, removeOnFail: { count: 500 } });
@@ -249,5 +251,7 @@ export async function enqueueSnapshot(
   } finally {
     await events?.close();
     await queue.close();
+    queueConnection.disconnect();
+    eventsConnection.disconnect();
   }
 }

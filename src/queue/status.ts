@@ -46,10 +46,13 @@ export interface StatusReport {
 export async function gatherStatus(config: ResolvedConfig, connection: RedisTarget): Promise<StatusReport> {
   const redis = createRedis(connection);
   const queues = new Map<string, Queue>();
+  const connections: Redis[] = [];
   const queueFor = (host: string): Queue => {
     let q = queues.get(host);
     if (q === undefined) {
-      q = new Queue(queueName(host), { connection: createRedis(connection), prefix: QUEUE_PREFIX });
+      const c = createRedis(connection);
+      connections.push(c);
+      q = new Queue(queueName(host), { connection: c, prefix: QUEUE_PREFIX });
       queues.set(host, q);
     }
     return q;
@@ -94,6 +97,7 @@ export async function gatherStatus(config: ResolvedConfig, connection: RedisTarg
     return report;
   } finally {
     for (const q of queues.values()) await q.close();
+    for (const c of connections) c.disconnect();
     redis.disconnect();
   }
 }

@@ -49,8 +49,11 @@ export function startWorker(options: WorkerOptions): RunningWorker {
   const leaseMs = options.leaseMs ?? 60_000;
   const busyDelayMs = options.busyDelayMs ?? 5_000;
   const holder = `${hostname()}:${process.pid}`;
+  // BullMQ does not close connections it was given: each one is closed here on close().
   const redis: Redis = createRedis(options.connection);
-  const queue = new Queue(queueName(host), { connection: createRedis(options.connection), prefix: QUEUE_PREFIX });
+  const queueConnection = createRedis(options.connection);
+  const workerConnection = createRedis(options.connection);
+  const queue = new Queue(queueName(host), { connection: queueConnection, prefix: QUEUE_PREFIX });
 
   const processor = async (job: Job, token?: string): Promise<JobResult> => {
     let data: JobData;
@@ -147,7 +150,7 @@ export function startWorker(options: WorkerOptions): RunningWorker {
   }
 
   const worker = new Worker(queueName(host), processor, {
-    connection: createRedis(options.connection),
+    connection: workerConnection,
     prefix: QUEUE_PREFIX,
     concurrency: options.concurrency ?? 1,
     // Long memory saves keep BullMQ's job lock renewed; a worker that dies loses it and the job is picked up again.
@@ -166,7 +169,7 @@ export function startWorker(options: WorkerOptions): RunningWorker {
     async close() {
       await worker.close();
       await queue.close();
-      redis.disconnect();
+      for (const c of [redis, queueConnection, workerConnection]) c.disconnect();
     },
   };
 }

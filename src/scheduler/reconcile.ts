@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
 import { CronExpressionParser } from 'cron-parser';
 import type { Logger } from 'pino';
@@ -30,10 +31,13 @@ export async function reconcileSchedulers(
   const now = options.now ?? new Date();
   const report: ReconcileReport = { upserted: [], removed: [], catchUp: [] };
   const queues = new Map<string, Queue>();
+  const connections: Redis[] = [];
   const queueFor = (host: string): Queue => {
     let q = queues.get(host);
     if (q === undefined) {
-      q = new Queue(queueName(host), { connection: createRedis(connection), prefix: QUEUE_PREFIX });
+      const c = createRedis(connection);
+      connections.push(c);
+      q = new Queue(queueName(host), { connection: c, prefix: QUEUE_PREFIX });
       queues.set(host, q);
     }
     return q;
@@ -62,7 +66,7 @@ export async function reconcileSchedulers(
             },
           },
         );
-        const next = job?.timestamp !== undefined && job.delay !== undefined ? new Date(job.timestamp + job.delay).toISOString() : null;
+        const next = job === undefined ? null : (previewRuns(policy.schedule, policy.timezone, now, 1)[0]?.utc ?? null);
         report.upserted.push({ id, host: domain.host, next });
 
         if (options.catchUp !== false && policy.catchUp === 'once') {
@@ -100,6 +104,7 @@ export async function reconcileSchedulers(
     return report;
   } finally {
     for (const q of queues.values()) await q.close();
+    for (const c of connections) c.disconnect();
     redis.disconnect();
   }
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/catalog/catalog.js';
 import { createImage } from '../helpers/images.js';
-import { Sink, vmsnap } from '../helpers/cli.js';
+import { Sink, vmsnap, vmsnapBinary } from '../helpers/cli.js';
 
 /**
  * The service commands as an operator runs them: `vmsnap run` on the
@@ -61,6 +61,12 @@ describe('vmsnap run, status and ad-hoc jobs on the embedded Redis', () => {
     const adhoc = await vmsnap(['-c', cfg, 'snapshot', 'create', 'demo', '--queue', '--wait', '--name', 'before-upgrade', '--json']);
     expect(adhoc.stderr).toBe('');
     expect(JSON.parse(adhoc.stdout)).toMatchObject({ kind: 'snapshot', domain: 'demo', snapshot: 'before-upgrade', method: 'offline' });
+
+    // The built binary exits on its own once it printed (no Redis connection left open).
+    const bin = await vmsnapBinary(['-c', cfg, 'status']);
+    expect(bin.code).toBe(0);
+    expect(bin.stdout).toMatch(/^HOST\s+WAITING\s+ACTIVE/m);
+    expect(bin.stdout).toMatch(/every2s\s+demo\s+\d{4}-/);
 
     const status = await vmsnap(['-c', cfg, 'status', '--json']);
     expect(status.code).toBe(0);
