@@ -134,6 +134,7 @@ describe('snapshot create on a running QEMU domain', () => {
 
   it('--halt leaves the domain shut off with its state in the snapshot', async () => {
     const r = await cli('snapshot', 'create', 'vm1', '--name', 's1', '--halt');
+    expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(await vm.isRunning()).toBe(false);
     const back = await cli('snapshot', 'revert', 'vm1', 's1');

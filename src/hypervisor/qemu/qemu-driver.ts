@@ -65,14 +65,19 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
     if (await probeSocket(domain.qmpSocket, timeoutMs)) {
       await withMonitor((mon) => mon.execute('quit')).catch(() => undefined);
     }
+    // While QEMU exits, its socket may still accept, close mid-greeting or
+    // mid-command, and its images stay locked for a moment: all mean "not yet".
     const deadline = Date.now() + startTimeoutMs;
+    let last: unknown;
     for (;;) {
       try {
         if ((await getState()) === 'shutoff') return;
       } catch (err) {
-        if (!(err instanceof VmsnapError) || err.code !== 'unavailable' || Date.now() > deadline) throw err;
+        last = err;
       }
-      if (Date.now() > deadline) throw new VmsnapError('timeout', `domain ${domain.name}: QEMU did not exit within ${startTimeoutMs} ms of quit`);
+      if (Date.now() > deadline) {
+        throw new VmsnapError('timeout', `domain ${domain.name}: QEMU did not exit within ${startTimeoutMs} ms of quit${last instanceof Error ? ` (${last.message})` : ''}`, { cause: last });
+      }
       await sleep(100);
     }
   }
