@@ -97,8 +97,15 @@ export function pickAccel(): Promise<'kvm' | 'tcg'> {
   return accel;
 }
 
-export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 128, guest?: GuestOptions): Promise<BareVm> {
+export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 128, guest?: GuestOptions, opts: { randomRam?: boolean } = {}): Promise<BareVm> {
   await mkdir(dir, { recursive: true });
+  // A bare VM's RAM is zero pages, which a memory save skips; random RAM makes its image as big as the RAM.
+  const ramArgs: string[] = [];
+  if (opts.randomRam === true) {
+    const ramFile = join(dir, 'ram.img');
+    await execa('dd', ['if=/dev/urandom', `of=${ramFile}`, 'bs=1M', `count=${memMiB}`, 'status=none']);
+    ramArgs.push('-object', `memory-backend-file,id=ram0,size=${memMiB}M,mem-path=${ramFile},share=off`);
+  }
   const serialLog = join(dir, 'serial.log');
   const kernelArgs: string[] = [];
   if (guest !== undefined) {
@@ -111,7 +118,8 @@ export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 12
   const testSocket = join(dir, 'test.sock');
   const pidFile = join(dir, 'qemu.pid');
   const args = [
-    '-machine', 'pc-i440fx-7.2', '-accel', guest !== undefined ? await pickAccel() : 'tcg', '-m', String(memMiB), ...kernelArgs, '-nodefaults', '-display', 'none', '-daemonize',
+    '-machine', opts.randomRam === true ? 'pc-i440fx-7.2,memory-backend=ram0' : 'pc-i440fx-7.2', ...ramArgs,
+    '-accel', guest !== undefined ? await pickAccel() : 'tcg', '-m', String(memMiB), ...kernelArgs, '-nodefaults', '-display', 'none', '-daemonize',
     '-pidfile', pidFile,
     '-qmp', `unix:${qmpSocket},server=on,wait=off`,
     '-chardev', `socket,id=test,path=${testSocket},server=on,wait=off`, '-mon', 'chardev=test,mode=control',

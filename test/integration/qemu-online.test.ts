@@ -164,17 +164,56 @@ describe('snapshot create on a running QEMU domain', () => {
     }
   });
 
-  it('a memory folder that cannot hold the image: domain runs, nothing listed, tags removed', async () => {
+  it('a snapshot folder without room for the memory image: refused before anything is written', async () => {
     const small = join(base, 'small');
     await mkdir(small);
     await execa('mount', ['-t', 'tmpfs', '-o', 'size=128k,mode=0700', 'tmpfs', small]);
     try {
       await writeConfig(vm.qmpSocket, small);
       const r = await cli('snapshot', 'create', 'vm1', '--name', 's1', '--disk', 'vdb=no');
-      expect(r.code).not.toBe(0);
-      expect(r.stderr).toMatch(/step memory failed/);
+      expect(r.code).toBe(69);
+      expect(r.stderr).toMatch(/step prepare failed: snapshot folder .* has 0 MiB free and a full-system snapshot of vm1 needs about \d+ MiB .*--disk-only/);
       expect(await vm.status()).toBe('running');
       expect(await new Catalog(small).list('vm1')).toEqual({ snapshots: [], partial: [] });
+      const { stdout } = await execa('qemu-img', ['snapshot', '-U', '-l', vda]);
+      expect(stdout).not.toContain('s1');
+    } finally {
+      await execa('umount', [small]);
+    }
+  });
+
+  it('ENOSPC during the memory save: domain runs, nothing listed, tags and files removed, the error names the step', async () => {
+    await vm.kill();
+    vm = await createBareVm(join(base, 'vm2'), [{ id: 'vda', path: vda, format: 'qcow2' }, { id: 'vdb', path: vdb, format: 'raw' }], 128, undefined, { randomRam: true });
+    await vm.start();
+    const small = join(base, 'small');
+    await mkdir(small);
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=240m,mode=0700', 'tmpfs', small]);
+    try {
+      await writeConfig(vm.qmpSocket, small);
+      // Something else fills the disk as soon as the memory image starts: the check passed, the save cannot finish.
+      let filled = false;
+      const filler = (async () => {
+        for (let i = 0; i < 2000 && !filled; i++) {
+          const dirs = await readdir(join(small, 'vm1')).catch(() => []);
+          for (const d of dirs) {
+            if ((await readdir(join(small, 'vm1', d)).catch(() => [])).includes('memory.bin')) {
+              // fallocate takes the space at once, long before 128 MiB are through the migration pipe.
+              await execa('fallocate', ['-l', '200M', join(small, 'junk')], { reject: false });
+              filled = true;
+            }
+          }
+          await new Promise((r) => setTimeout(r, 1));
+        }
+      })();
+      const r = await cli('snapshot', 'create', 'vm1', '--name', 's1', '--disk', 'vdb=no');
+      await filler;
+      expect(filled).toBe(true);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/step memory failed: memory save failed/);
+      expect(await vm.status()).toBe('running');
+      expect(await new Catalog(small).list('vm1')).toEqual({ snapshots: [], partial: [] });
+      expect((await readdir(small)).sort()).toEqual(['junk', 'vm1']);
       const { stdout } = await execa('qemu-img', ['snapshot', '-U', '-l', vda]);
       expect(stdout).not.toContain('s1');
     } finally {

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { link, open, rename, stat, unlink } from 'node:fs/promises';
+import { link, open, rename, stat, statfs, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { VmsnapError, atStep } from '../../errors.js';
@@ -176,6 +176,7 @@ export async function createQemuSnapshot(
   try {
     // Everything that can be prepared while the guest runs is prepared first.
     await timed('prepare', async () => {
+      if (plan.memory === 'external') await assertRoomForMemory(mon, req.dir, domain.name);
       if (method === 'internal' || internalDisks.length > 0) await assertNoTag(mon, req.name);
       for (const disk of externalDisks) {
         prepared.push(await prepareOverlay(disk, deviceOf.get(disk.target) as BlockDevice, req, mon, opts.img));
@@ -371,6 +372,24 @@ function findDevice(domain: QemuDomain, devices: BlockDevice[], disk: ResolvedDi
 export function isInstalledOverlayOf(qemuFilename: string, diskPath: string): boolean {
   const prefix = tempBeside(diskPath, 'overlay-');
   return qemuFilename.startsWith(prefix) && /^[0-9a-f]{12}$/.test(qemuFilename.slice(prefix.length));
+}
+
+/**
+ * A memory image is about the guest's RAM (less for zero pages, more for a
+ * live save of a busy guest): refuse before filling the disk, not after.
+ */
+export async function assertRoomForMemory(mon: QemuMonitor, dir: string, domainName: string): Promise<void> {
+  const { 'base-memory': ram } = await mon.execute<{ 'base-memory': number }>('query-memory-size-summary');
+  const need = Math.ceil(ram * 1.1) + 64 * 1048576;
+  const st = await statfs(dir);
+  const free = st.bavail * st.bsize;
+  if (free < need) {
+    throw new VmsnapError(
+      'unavailable',
+      `snapshot folder ${dir} has ${Math.floor(free / 1048576)} MiB free and a full-system snapshot of ${domainName} needs about ${Math.ceil(need / 1048576)} MiB (its RAM plus a margin); free space, move snapshotRoot, or take --disk-only / --memory internal`,
+      { retryable: false },
+    );
+  }
 }
 
 async function assertNoTag(mon: QemuMonitor, tag: string): Promise<void> {
