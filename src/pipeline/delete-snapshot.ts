@@ -1,6 +1,7 @@
 import { atStep } from '../errors.js';
 import type { ResolvedDomain } from '../config/load-config.js';
 import { acquireLocalLock } from '../catalog/domain-lock.js';
+import { pathExists } from '../catalog/fs-safe.js';
 import type { Catalog } from '../catalog/catalog.js';
 import { validateName } from '../domain/names.js';
 import type { SnapshotManifest } from '../domain/model.js';
@@ -21,6 +22,8 @@ export interface DeleteSnapshotReport {
 export async function deleteSnapshot(deps: PipelineDeps, domain: ResolvedDomain, name: string): Promise<DeleteSnapshotReport> {
   validateName(name, 'snapshot name');
   const catalog = catalogFor(domain);
+  // A snapshot that is not there fails before anything (even the domain's folder) is created.
+  if (!(await pathExists(catalog.snapshotDir(domain.name, name)))) await catalog.read(domain.name, name);
   const release = await acquireLocalLock(await catalog.ensureDomainDir(domain.name), 'snapshot delete');
   try {
     return await deleteLocked(deps, catalog, domain, name);

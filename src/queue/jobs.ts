@@ -75,7 +75,9 @@ export function parseJobData(data: unknown): JobData {
   if (r.success) return r.data;
   const issue = r.error.issues[0];
   const at = issue === undefined || issue.path.length === 0 ? 'job data' : `job data.${issue.path.join('.')}`;
-  throw new VmsnapError('bad-input', `${at}: ${issue?.message ?? 'invalid'}`);
+  // zod reports a bad record key without the key schema's message.
+  const message = issue?.code === 'invalid_key' ? 'disk targets are a-z then up to 15 of a-z 0-9, e.g. vda' : (issue?.message ?? 'invalid');
+  throw new VmsnapError('bad-input', `${at}: ${message}`);
 }
 
 /** What a finished job returns (BullMQ keeps it as the job's return value). */
