@@ -11,6 +11,7 @@ import { gatherStatus } from '../queue/status.js';
 import { startWorker } from '../queue/worker.js';
 import { previewRuns, reconcileSchedulers } from '../scheduler/reconcile.js';
 import { createPipelineDeps } from './deps.js';
+import { recoverDomain, type RecoveryReport } from '../pipeline/recover.js';
 import { formatTable } from './format-table.js';
 import { parseCountFlag } from './parse-flags.js';
 
@@ -58,6 +59,30 @@ function describeOutcome(job: Job, result: JobResult | undefined, error: Error |
   return `${at} ${who}: ${result?.snapshot ?? ''} done${result?.method !== undefined ? ` (${result.method}` + (result.downtimeMs != null ? `, paused ${result.downtimeMs} ms)` : ')') : ''}`;
 }
 
+/** Recover every domain of a host before its worker takes new work. */
+async function recoverHost(ctx: ServiceContext, config: ResolvedConfig, host: string | undefined): Promise<RecoveryReport[]> {
+  const deps = createPipelineDeps(ctx.logger);
+  const reports: RecoveryReport[] = [];
+  for (const domain of config.domains.filter((d) => host === undefined || d.host === host)) {
+    try {
+      reports.push(await recoverDomain(deps, domain));
+    } catch (err) {
+      ctx.err(`vmsnap: recovery of ${domain.name} failed: ${(err as Error).message}`);
+    }
+  }
+  return reports;
+}
+
+function describeRecovery(r: RecoveryReport): string[] {
+  const lines: string[] = [];
+  if (r.resumed) lines.push(`recover ${r.domain}: resumed the guest an interrupted snapshot had paused`);
+  for (const n of r.completed) lines.push(`recover ${r.domain}: completed interrupted snapshot ${n}`);
+  for (const n of r.removed) lines.push(`recover ${r.domain}: removed interrupted snapshot ${n}`);
+  for (const n of r.deleted) lines.push(`recover ${r.domain}: finished the delete of ${n}`);
+  for (const n of r.unknown) lines.push(`recover ${r.domain}: left ${n} alone (no journal; see list --all)`);
+  return lines;
+}
+
 export function addServiceCommands(program: Command, snapshotCreate: Command, ctx: ServiceContext): void {
   // ---- run ----
   program
@@ -83,6 +108,7 @@ never left paused), then it exits.`,
       if (config.redis.kind === 'embedded') embedded = await startEmbeddedRedis(config.stateDir);
       try {
         const target = redisTarget(config);
+        for (const r of await recoverHost(ctx, config, host)) for (const line of describeRecovery(r)) ctx.out(line);
         const rec = await reconcileSchedulers(config, target, { logger: ctx.logger });
         ctx.out(`vmsnap run: host ${host}, ${rec.upserted.length} schedule(s), ${embedded !== undefined ? `embedded redis at ${embedded.socket}` : 'configured redis'}; Ctrl-C stops`);
         for (const u of rec.upserted) ctx.out(`  ${u.id}: next run ${u.next ?? 'unknown'}`);
@@ -115,6 +141,7 @@ never left paused), then it exits.`,
       const config = await ctx.config();
       const host = pickHost(config, opts.host);
       await assertRedisReachable(redisTarget(config));
+      for (const r of await recoverHost(ctx, config, host)) for (const line of describeRecovery(r)) ctx.out(line);
       const w = startWorker({
         config,
         host,
@@ -127,6 +154,37 @@ never left paused), then it exits.`,
       ctx.out(`vmsnap worker: host ${host}; SIGTERM stops`);
       await ctx.stopSignal();
       await w.close();
+    });
+
+  // ---- recover ----
+  program
+    .command('recover')
+    .description('finish or undo interrupted operations, and resume guests they left paused')
+    .argument('[domain...]', 'domains to recover (default: all in the config)')
+    .option('--host <host>', 'only the domains of this host')
+    .option('--json', 'print the reports as JSON')
+    .addHelpText(
+      'after',
+      `
+Workers run this for their host's domains before taking work. For every
+snapshot folder with a journal and no manifest: a memory save still running
+is cancelled and a guest vmsnap paused is resumed; then a snapshot whose disks
+already moved on to new overlays is committed as what it really is
+(crash-consistent disk-only when its memory image is incomplete), and any
+other is removed, file by file from its journal. Interrupted deletes are
+finished. Folders without a journal are reported and never touched.`,
+    )
+    .action(async (domains: string[], opts: { host?: string; json?: boolean }) => {
+      const config = await ctx.config();
+      const deps = createPipelineDeps(ctx.logger);
+      const chosen = domains.length > 0 ? domains.map((d) => findDomain(config, d)) : config.domains.filter((d) => opts.host === undefined || d.host === opts.host);
+      const reports: RecoveryReport[] = [];
+      for (const d of chosen) reports.push(await recoverDomain(deps, d));
+      if (opts.json) ctx.json(reports);
+      else {
+        const lines = reports.flatMap(describeRecovery);
+        ctx.out(lines.length > 0 ? lines.join('\n') : `nothing to recover (${chosen.length} domain(s) checked)`);
+      }
     });
 
   // ---- scheduler ----

@@ -2,6 +2,8 @@ import type { Consistency, DomainState, SnapshotKind, ManifestDisk, ManifestMemo
 import type { ResolvedSnapshotPlan } from '../domain/resolve-spec.js';
 import type { BackendName } from '../domain/model.js';
 import type { StorageBackend } from '../storage/backend.js';
+import type { Journal } from '../catalog/catalog.js';
+import type { RecoveredCreate } from './qemu/qemu-recover.js';
 
 /** A step of a long operation, for progress bars and job progress. */
 export interface ProgressEvent {
@@ -69,4 +71,6 @@ export interface HypervisorDriver {
    * the entries it handled (the storage backend does the rest). The manifest is the pipeline's.
    */
   deleteOnline(manifest: SnapshotManifest): Promise<ManifestDisk[]>;
+  /** Finish or undo an online snapshot whose process died, from its journal (see qemu-recover.ts). */
+  recoverCreate(journal: Journal, backends: Record<BackendName, StorageBackend>): Promise<RecoveredCreate>;
 }

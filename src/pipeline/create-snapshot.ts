@@ -182,11 +182,13 @@ async function createOnline(
       async journal(step, data) {
         journal.steps.push({ step, at: deps.now().toISOString(), ...(data !== undefined ? { data } : {}) });
         await catalog.writeJournal(dir, journal);
+        faultPoint(step, data);
       },
       ...(deps.onProgress !== undefined ? { onProgress: deps.onProgress } : {}),
     });
     journal.files.push(...result.files);
     await catalog.writeJournal(dir, journal);
+    faultPoint('commit', { phase: 'start' });
     const manifest: SnapshotManifest = {
       version: 1,
       name,
@@ -219,4 +221,16 @@ async function createOnline(
     });
     throw err;
   }
+}
+
+/**
+ * Fault injection for the crash-safety tests: VMSNAP_FAULT="memory:start"
+ * kills this process with SIGKILL right after that journal entry is on disk,
+ * as a power cut or OOM kill would. Never set in production.
+ */
+export function faultPoint(step: string, data: Record<string, unknown> | undefined): void {
+  const want = process.env['VMSNAP_FAULT'];
+  if (want === undefined || want === '') return;
+  const phase = typeof data?.['phase'] === 'string' ? `:${data['phase']}` : '';
+  if (want === step || want === `${step}${phase}`) process.kill(process.pid, 'SIGKILL');
 }

@@ -29,8 +29,8 @@ export async function vmsnap(args: string[], options: { stdin?: string; stopSign
 export const BIN = new URL('../../dist/src/cli/main.js', import.meta.url).pathname;
 
 /** Run the built binary as a user would; needs `npm run build` first. */
-export async function vmsnapBinary(args: string[], options: { stdin?: string } = {}): Promise<CliResult> {
+export async function vmsnapBinary(args: string[], options: { stdin?: string; env?: Record<string, string> } = {}): Promise<CliResult & { signal?: string }> {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run npm run build first (npm test does)`);
-  const r = await execa('node', [BIN, ...args], { reject: false, input: options.stdin ?? '', env: { VMSNAP_LOG_LEVEL: 'silent' } });
-  return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+  const r = await execa('node', [BIN, ...args], { reject: false, input: options.stdin ?? '', env: { VMSNAP_LOG_LEVEL: 'silent', ...options.env } });
+  return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), ...(r.signal !== undefined ? { signal: r.signal } : {}) };
 }

@@ -11,6 +11,7 @@ import { QemuImg } from '../../storage/qcow2/qemu-img.js';
 import type { HypervisorDriver, OnlineSnapshotRequest, RevertRequest } from '../driver.js';
 import { QemuMonitor, shellQuotePath } from './qemu-monitor.js';
 import { createQemuSnapshot, isInstalledOverlayOf } from './qemu-snapshot.js';
+import { recoverQemuCreate } from './qemu-recover.js';
 
 export interface QemuDriverOptions {
   qemuImg?: QemuImg;
@@ -263,6 +264,11 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
     destroy,
     revertFullSystem,
     deleteOnline,
+    async recoverCreate(journal, backends) {
+      const running = await probeSocket(domain.qmpSocket, timeoutMs).catch(() => false);
+      if (!running) return recoverQemuCreate(domain, undefined, journal, backends, img, logger);
+      return withMonitor((mon) => recoverQemuCreate(domain, mon, journal, backends, img, logger));
+    },
     async createOnline(req: OnlineSnapshotRequest) {
       const mon = monitor();
       try {

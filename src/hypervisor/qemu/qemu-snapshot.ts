@@ -52,6 +52,8 @@ type Method = 'pause-save' | 'internal' | 'background' | 'live-migrate' | 'disk-
 
 const MEMORY_FILE = 'memory.bin';
 
+export const MEMORY_FILE_NAME = MEMORY_FILE;
+
 export async function createQemuSnapshot(
   domain: QemuDomain,
   mon: QemuMonitor,
@@ -105,8 +107,11 @@ export async function createQemuSnapshot(
   const stop = async (): Promise<void> => {
     const s = await mon.status();
     if (s.running) {
+      // Journaled first: a crash right after `stop` must still know vmsnap paused the guest.
+      await req.journal('pause', { wasRunning: true });
       await mon.execute('stop');
       stoppedByUs = true;
+      await req.journal('paused');
     }
   };
 
@@ -115,6 +120,7 @@ export async function createQemuSnapshot(
       const entry = await timed(`disk:${disk.target}`, () =>
         req.backends[disk.backend].create(disk, { domain: domain.name, name: req.name, dir: req.dir, mode: 'external', ...(disk.file !== undefined ? { file: disk.file } : {}) }),
       );
+      await req.journal(`copied:${disk.target}`, { entry });
       made.push(entry);
       if (entry.file !== undefined) files.push(entry.file);
     }
@@ -149,6 +155,7 @@ export async function createQemuSnapshot(
       await precreate(memFile);
       if (!files.includes(memFile)) files.push(memFile);
       await mon.execute('migrate', { uri: `exec:dd of=${shellQuotePath(memFile)} bs=1M status=none` });
+      await req.journal('migrating');
       await mon.waitMigration({
         what: 'memory save',
         timeoutMs: live ? opts.convergeTimeoutMs : opts.saveTimeoutMs,
@@ -173,6 +180,14 @@ export async function createQemuSnapshot(
     return 'pause-save';
   };
 
+  // What recovery needs to finish or undo this run if the process dies.
+  await req.journal('online', {
+    wasRunning,
+    method,
+    memory: plan.memory,
+    memoryFile: memFile,
+    disks: plan.disks.map((d) => ({ target: d.target, path: d.path, format: d.format, backend: d.backend, mode: d.mode })),
+  });
   try {
     // Everything that can be prepared while the guest runs is prepared first.
     await timed('prepare', async () => {
@@ -356,7 +371,7 @@ export async function createQemuSnapshot(
   }
 }
 
-function findDevice(domain: QemuDomain, devices: BlockDevice[], disk: ResolvedDiskPlan): BlockDevice {
+export function findDevice(domain: QemuDomain, devices: BlockDevice[], disk: Pick<ResolvedDiskPlan, 'target' | 'path'>): BlockDevice {
   const dev = devices.find((d) => d.id === disk.target) ?? devices.find((d) => d.filename === disk.path || isInstalledOverlayOf(d.filename, disk.path));
   if (dev === undefined) {
     const seen = devices.map((d) => `${d.id || '?'}=${d.filename}`).join(', ') || 'none';
@@ -420,8 +435,8 @@ async function prepareOverlay(
   const mode = (await stat(disk.path)).mode & 0o7777;
   await link(disk.path, frozen);
   await fsyncPath(dirname(frozen));
-  await req.journal(`freeze:${disk.target}`, { frozen, path: disk.path, overlay });
   const overlayNode = `vs-${randomBytes(6).toString('hex')}`;
+  await req.journal(`freeze:${disk.target}`, { frozen, path: disk.path, overlay, overlayNode });
   try {
     await img.createOverlayUnsafe(overlay, frozen, 'qcow2', device.virtualSize);
     const fh = await open(overlay, 'r');
@@ -462,7 +477,7 @@ async function precreate(file: string): Promise<void> {
   await fh.close();
 }
 
-async function describeMemory(file: string): Promise<ManifestMemory> {
+export async function describeMemory(file: string): Promise<ManifestMemory> {
   await fsyncPath(file);
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(file, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer);

@@ -63,6 +63,12 @@ export class QemuImg {
     return this.run(['create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, path]);
   }
 
+  /** True when the image itself (not its backing chain) holds data. */
+  async hasOwnData(path: string, opts: { shared?: boolean } = {}): Promise<boolean> {
+    const { stdout } = await this.run(['map', '--output=json', ...(opts.shared ? ['-U'] : []), path], 60_000);
+    return (JSON.parse(stdout) as { depth: number; data: boolean }[]).some((e) => e.depth === 0 && e.data);
+  }
+
   /**
    * Overlay on a backing image a running QEMU holds locked: -u skips opening
    * the backing file, so the virtual size must be given.

@@ -1,0 +1,93 @@
+import { join } from 'node:path';
+import type { ResolvedDomain } from '../config/load-config.js';
+import { acquireLocalLock } from '../catalog/domain-lock.js';
+import { DELETING_FILE, type Journal } from '../catalog/catalog.js';
+import { pathExists } from '../catalog/fs-safe.js';
+import type { ManifestDisk, SnapshotManifest } from '../domain/model.js';
+import { catalogFor, type PipelineDeps } from './context.js';
+import { deleteLocked } from './delete-snapshot.js';
+
+export interface RecoveryReport {
+  domain: string;
+  /** The guest ran again because recovery resumed it. */
+  resumed: boolean;
+  /** Interrupted snapshots committed as what they really are. */
+  completed: string[];
+  /** Interrupted snapshots removed without a trace. */
+  removed: string[];
+  /** Interrupted deletes finished. */
+  deleted: string[];
+  /** Folders without a journal: never touched, reported for the operator. */
+  unknown: string[];
+}
+
+/**
+ * Recover every interrupted operation of a domain: run by `vmsnap recover`
+ * and by workers before they take new work. Only files a journal lists are
+ * ever removed; a folder without a journal is reported and left alone.
+ */
+export async function recoverDomain(deps: PipelineDeps, domain: ResolvedDomain): Promise<RecoveryReport> {
+  const catalog = catalogFor(domain);
+  const report: RecoveryReport = { domain: domain.name, resumed: false, completed: [], removed: [], deleted: [], unknown: [] };
+  if (!(await pathExists(catalog.domainDir(domain.name)))) return report;
+  const release = await acquireLocalLock(catalog.domainDir(domain.name), 'recover');
+  try {
+    const { partial } = await catalog.list(domain.name);
+    for (const p of partial) {
+      if (await pathExists(join(p.dir, DELETING_FILE))) {
+        await deleteLocked(deps, catalog, domain, p.name);
+        report.deleted.push(p.name);
+        continue;
+      }
+      const journal = (await catalog.readJournal(p.dir)) as Journal | undefined;
+      if (journal === undefined || journal.op !== 'create') {
+        report.unknown.push(p.name);
+        continue;
+      }
+      if (journal.steps.some((s) => s.step === 'online')) {
+        const r = await deps.driverFor(domain).recoverCreate(journal, deps.backends);
+        report.resumed ||= r.resumed;
+        if (r.outcome.kind === 'completed') {
+          const res = r.outcome.result;
+          const manifest: SnapshotManifest = {
+            version: 1,
+            name: journal.snapshot,
+            domain: domain.name,
+            createdAt: journal.startedAt,
+            finishedAt: deps.now().toISOString(),
+            origin: 'adhoc',
+            policy: null,
+            kind: res.kind,
+            state: 'running',
+            consistency: res.consistency,
+            method: res.method,
+            memory: res.memory,
+            disks: res.disks,
+            parent: await catalog.getCurrent(domain.name),
+            durationsMs: res.durationsMs,
+            downtimeMs: null,
+            ...(res.note !== undefined ? { notes: [res.note] } : {}),
+          };
+          await catalog.commit(manifest);
+          await catalog.setCurrent(domain.name, manifest.name);
+          report.completed.push(journal.snapshot);
+        } else {
+          await catalog.removeSnapshotDir(domain.name, journal.snapshot, [...journal.files, ...r.outcome.files]);
+          report.removed.push(journal.snapshot);
+        }
+        continue;
+      }
+      // Offline create: undo each disk the journal says was taken, newest first.
+      const taken = journal.steps.filter((s) => s.step.startsWith('disk:') && s.data?.['phase'] === 'done').map((s) => s.data?.['entry'] as ManifestDisk);
+      for (const entry of taken.reverse()) {
+        const disk = domain.disks.find((d) => d.target === entry.target);
+        if (disk !== undefined) await deps.backends[disk.backend].undoCreate(disk, entry);
+      }
+      await catalog.removeSnapshotDir(domain.name, journal.snapshot, [...journal.files, ...taken.flatMap((e) => (e.file ? [e.file] : []))]);
+      report.removed.push(journal.snapshot);
+    }
+    return report;
+  } finally {
+    await release();
+  }
+}
