@@ -17,6 +17,12 @@ export interface PipelineDeps {
   logger: Logger;
   now(): Date;
   onProgress?(event: ProgressEvent): void;
+  /**
+   * Throws when this process no longer holds the domain (its Redis lease ran
+   * out and another worker took it: the fencing token moved on). Checked
+   * before each step and before the manifest is committed.
+   */
+  checkFence?(): void;
 }
 
 export function catalogFor(domain: ResolvedDomain): Catalog {

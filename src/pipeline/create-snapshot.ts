@@ -180,6 +180,7 @@ async function createOnline(
       halt: options.halt === true,
       backends: deps.backends,
       async journal(step, data) {
+        deps.checkFence?.();
         journal.steps.push({ step, at: deps.now().toISOString(), ...(data !== undefined ? { data } : {}) });
         await catalog.writeJournal(dir, journal);
         faultPoint(step, data);
@@ -189,6 +190,7 @@ async function createOnline(
     journal.files.push(...result.files);
     await catalog.writeJournal(dir, journal);
     faultPoint('commit', { phase: 'start' });
+    deps.checkFence?.();
     const manifest: SnapshotManifest = {
       version: 1,
       name,

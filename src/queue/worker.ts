@@ -10,6 +10,7 @@ import { createSnapshot } from '../pipeline/create-snapshot.js';
 import { deleteSnapshot } from '../pipeline/delete-snapshot.js';
 import { pruneSnapshots } from '../pipeline/prune-snapshots.js';
 import { revertSnapshot } from '../pipeline/revert-snapshot.js';
+import { recoverDomain, type RecoveryReport } from '../pipeline/recover.js';
 import { DomainLease } from './domain-lease.js';
 import { QUEUE_PREFIX, parseJobData, queueName, type JobData, type JobResult } from './jobs.js';
 import { createRedis, type RedisTarget } from './redis.js';
@@ -27,8 +28,12 @@ export interface WorkerOptions {
   leaseMs?: number;
   /** How long a job that found its domain busy waits before it is tried again. */
   busyDelayMs?: number;
+  /** How often the worker looks for domains left paused by a worker whose lease ran out. */
+  sweepMs?: number;
   /** Called after each job, for `vmsnap run`'s activity lines. */
   onOutcome?(outcome: { job: Job; result?: JobResult; error?: Error }): void;
+  /** Called when a sweep recovered a domain. */
+  onRecovery?(report: RecoveryReport): void;
 }
 
 export interface RunningWorker {
@@ -46,7 +51,8 @@ export interface RunningWorker {
  */
 export function startWorker(options: WorkerOptions): RunningWorker {
   const { config, host, logger } = options;
-  const leaseMs = options.leaseMs ?? 60_000;
+  const leaseMs = options.leaseMs ?? Number(process.env['VMSNAP_LEASE_MS'] ?? 60_000);
+  const sweepMs = options.sweepMs ?? Math.max(1_000, Math.floor(leaseMs / 2));
   const busyDelayMs = options.busyDelayMs ?? 5_000;
   const holder = `${hostname()}:${process.pid}`;
   // BullMQ does not close connections it was given: each one is closed here on close().
@@ -78,13 +84,24 @@ export function startWorker(options: WorkerOptions): RunningWorker {
     }
     const log = logger.child({ job: job.id, kind: data.kind, domain: domain.name });
     let lastReport = 0;
+    const fenced = () => {
+      if (lease.isLost) {
+        throw new VmsnapError('busy', `lost the lease on domain ${domain.name} (fencing token ${lease.token} is stale); another worker took it`, { retryable: true });
+      }
+    };
     const deps = options.depsFor((e) => {
       const now = Date.now();
       if (e.fraction !== undefined && e.fraction < 1 && now - lastReport < 250) return;
       lastReport = now;
       void job.updateProgress({ step: e.step, ...(e.fraction !== undefined ? { fraction: e.fraction } : {}), ...(e.detail !== undefined ? { detail: e.detail } : {}) }).catch(() => undefined);
     });
+    deps.checkFence = fenced;
     try {
+      // A job handed back after its worker died finds that worker's leftovers first.
+      const recovered = await recoverDomain(deps, domain);
+      if (recovered.resumed || recovered.completed.length + recovered.removed.length + recovered.deleted.length > 0) {
+        log.warn({ recovered }, 'recovered an interrupted operation before the job');
+      }
       const result = await run(job, data, domain, deps);
       await recordOutcome(redis, data, result, undefined, new Date()).catch(() => undefined);
       return result;
@@ -149,6 +166,36 @@ export function startWorker(options: WorkerOptions): RunningWorker {
     }
   }
 
+  /**
+   * A domain paused by a worker that never came back: its lease runs out,
+   * and the next sweep of any worker of the host takes the lease and
+   * recovers the domain (resumes the guest, finishes or removes the snapshot).
+   */
+  const sweep = async (): Promise<void> => {
+    for (const domain of config.domains.filter((d) => d.host === host)) {
+      const listing = await catalogFor(domain).list(domain.name).catch(() => undefined);
+      if (listing === undefined || listing.partial.length === 0) continue;
+      const lease = await DomainLease.acquire(redis, domain.name, `${holder}:sweep`, leaseMs).catch(() => undefined);
+      if (lease === undefined) continue; // someone is working on it
+      try {
+        const r = await recoverDomain(options.depsFor(() => undefined), domain);
+        if (r.resumed || r.completed.length + r.removed.length > 0) logger.warn({ recovered: r }, 'recovered a domain whose worker lost its lease');
+        options.onRecovery?.(r);
+      } catch (err) {
+        logger.error({ err, domain: domain.name }, 'recovery sweep failed');
+      } finally {
+        await lease.release();
+      }
+    }
+  };
+  let sweeping = false;
+  const sweeper = setInterval(() => {
+    if (sweeping) return;
+    sweeping = true;
+    void sweep().finally(() => (sweeping = false));
+  }, sweepMs);
+  sweeper.unref();
+
   const worker = new Worker(queueName(host), processor, {
     connection: workerConnection,
     prefix: QUEUE_PREFIX,
@@ -167,6 +214,8 @@ export function startWorker(options: WorkerOptions): RunningWorker {
   return {
     worker,
     async close() {
+      clearInterval(sweeper);
+      while (sweeping) await new Promise((r) => setTimeout(r, 20));
       await worker.close();
       await queue.close();
       for (const c of [redis, queueConnection, workerConnection]) c.disconnect();
