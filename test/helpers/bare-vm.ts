@@ -242,6 +242,9 @@ export class QmpProxy {
   private readonly conns = new Set<Socket>();
   cuts = 0;
   cutWhen: ((line: string) => boolean) | undefined;
+  /** Stop passing anything on the connection that sends a matching command (it stays open, silent). */
+  hangWhen: ((line: string) => boolean) | undefined;
+  hangs = 0;
 
   constructor(
     readonly path: string,
@@ -254,10 +257,19 @@ export class QmpProxy {
       this.conns.add(client);
       upstream.pipe(client);
       let buf = '';
+      let hung = false;
       client.on('data', (d: Buffer) => {
         buf += d.toString();
         const lines = buf.split('\n');
         buf = lines.pop() ?? '';
+        if (hung) return;
+        if (this.hangWhen !== undefined && lines.some((l) => this.hangWhen?.(l))) {
+          this.hangWhen = undefined;
+          this.hangs++;
+          hung = true;
+          upstream.unpipe(client);
+          return;
+        }
         if (this.cutWhen !== undefined && lines.some((l) => this.cutWhen?.(l))) {
           // The matching command never reaches QEMU: the connection dies under it.
           this.cutWhen = undefined;

@@ -164,6 +164,27 @@ describe('snapshot create on a running QEMU domain', () => {
     }
   });
 
+  it('a QMP socket that stops answering mid-save: the step times out, the undo reaches QEMU anew, the guest runs', async () => {
+    const proxy = new QmpProxy(join(base, 'h.sock'), vm.qmpSocket);
+    await proxy.start();
+    try {
+      await writeConfig(proxy.path, root);
+      proxy.hangWhen = (line) => line.includes('"execute":"query-migrate"');
+      const domain = findDomain(await loadConfig(cfgPath), 'vm1') as QemuDomain;
+      const deps = createPipelineDeps(pino({ level: 'silent' }));
+      deps.driverFor = (d) => createQemuDriver(d as QemuDomain, { qmpCommandTimeoutMs: 1_000 });
+      const err = await createSnapshot(deps, domain, { name: 's1', disks: { vda: { mode: 'external' } } }).catch((e: unknown) => e);
+      expect(proxy.hangs).toBe(1);
+      expect((err as Error).message).toMatch(/step memory failed: QMP command query-migrate got no answer within 1000 ms/);
+      expect(await vm.status()).toBe('running');
+      expect(await manifests()).toEqual([]);
+      expect(await snapshotFolders()).toEqual([]);
+      expect(await checkChain(vda, { inUse: true })).toEqual([vda]);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it('a snapshot folder without room for the memory image: refused before anything is written', async () => {
     const small = join(base, 'small');
     await mkdir(small);

@@ -16,7 +16,10 @@ import { recoverQemuCreate } from './qemu-recover.js';
 export interface QemuDriverOptions {
   qemuImg?: QemuImg;
   logger?: Logger;
+  /** Connecting to the QMP socket and its greeting. */
   qmpTimeoutMs?: number;
+  /** One QMP command's answer (jobs and migrations are polled, so this stays short). */
+  qmpCommandTimeoutMs?: number;
   /** Longest a memory save or load may take. */
   saveTimeoutMs?: number;
   /** Longest a live migration may try to converge before vmsnap pauses the guest instead. */
@@ -40,7 +43,7 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
   const timeoutMs = options.qmpTimeoutMs ?? 5_000;
   const saveTimeoutMs = options.saveTimeoutMs ?? 30 * 60_000;
   const startTimeoutMs = options.startTimeoutMs ?? 60_000;
-  const monitor = (): QemuMonitor => new QemuMonitor(domain.qmpSocket, { connectTimeoutMs: timeoutMs, commandTimeoutMs: Math.max(timeoutMs, 30_000) });
+  const monitor = (): QemuMonitor => new QemuMonitor(domain.qmpSocket, { connectTimeoutMs: timeoutMs, commandTimeoutMs: options.qmpCommandTimeoutMs ?? Math.max(timeoutMs, 30_000) });
 
   async function withMonitor<T>(fn: (mon: QemuMonitor) => Promise<T>): Promise<T> {
     const mon = monitor();

@@ -62,7 +62,14 @@ export class QemuMonitor {
 
   async execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T> {
     const c = await this.connection();
-    return c.execute<T>(command, args, timeoutMs === undefined ? {} : { timeoutMs });
+    try {
+      return await c.execute<T>(command, args, timeoutMs === undefined ? {} : { timeoutMs });
+    } catch (err) {
+      // A connection that stopped answering is dropped, so the undo that
+      // follows gets a fresh one instead of waiting on the dead one.
+      if (err instanceof VmsnapError && err.code === 'timeout') c.close();
+      throw err;
+    }
   }
 
   /** Every event seen on this monitor, across reconnects. */
