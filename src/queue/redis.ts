@@ -73,10 +73,12 @@ export async function assertRedisReachable(target: RedisTarget, timeoutMs = 3_00
 
 /**
  * vmsnap's own redis-server, for a single host without a configured Redis:
- * a unix socket and an append-only file in the state folder, no TCP port.
+ * a unix socket and an append-only file in the state folder (fsynced on
+ * every write: a queued job survives a crash), no TCP port.
  */
 export interface EmbeddedRedis {
   socket: string;
+  pid: number | undefined;
   stop(): Promise<void>;
 }
 
@@ -89,7 +91,7 @@ export async function startEmbeddedRedis(stateDir: string, options: { bin?: stri
   try {
     child = execa(
       options.bin ?? 'redis-server',
-      ['--port', '0', '--unixsocket', socket, '--unixsocketperm', '700', '--dir', dir, '--appendonly', 'yes', '--save', '', '--daemonize', 'no', '--loglevel', 'warning'],
+      ['--port', '0', '--unixsocket', socket, '--unixsocketperm', '700', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--daemonize', 'no', '--loglevel', 'warning'],
       { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', cleanup: true },
     );
   } catch (err) {
@@ -120,6 +122,7 @@ export async function startEmbeddedRedis(stateDir: string, options: { bin?: stri
   }
   return {
     socket,
+    pid: child.pid,
     async stop() {
       child.kill('SIGTERM');
       await child;
