@@ -93,6 +93,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--disk-only', 'snapshot disks only, never memory')
     .option('--live', 'save memory while the guest keeps running (running domains): a QEMU background snapshot, else a live migration to the file')
     .option('--halt', 'shut the domain down once the snapshot is taken (its state is in the snapshot)')
+    .option('--quiesce', "freeze the guest's filesystems through the guest agent (config: guestAgentSocket) around the disk snapshot; fails if it cannot")
     .option('--description <text>', 'free text stored in the manifest')
     .option('--dry-run', 'print the resolved plan and change nothing')
     .option('--json', 'print the result as JSON')
@@ -127,6 +128,7 @@ Examples:
           ...(opts.diskOnly ? { diskOnly: true } : {}),
           ...(opts.live ? { live: true } : {}),
           ...(opts.halt ? { halt: true } : {}),
+          ...(opts.quiesce ? { quiesce: true } : {}),
           ...(Object.keys(disks).length > 0 ? { disks: Object.fromEntries(Object.entries(disks).map(([t, r]) => [t, r.mode])) } : {}),
           ...(opts.description !== undefined ? { description: opts.description } : {}),
         }, { wait: opts.wait === true, json: opts.json === true });
@@ -140,12 +142,16 @@ Examples:
         ...(opts.diskOnly ? { diskOnly: true } : {}),
         ...(opts.live ? { live: true } : {}),
         ...(opts.halt ? { halt: true } : {}),
+        ...(opts.quiesce ? { quiesce: true, quiesceRequired: true } : {}),
         dryRun: opts.dryRun === true,
         origin: 'adhoc',
       });
       if (opts.json) json(report);
       else if (report.dryRun) out(formatPlan(report.name, report.plan));
-      else if (report.manifest) out(formatCreated(report.manifest));
+      else if (report.manifest) {
+        out(formatCreated(report.manifest));
+        for (const n of report.manifest.notes ?? []) io.stderr.write(`vmsnap: warning: ${n}\n`);
+      }
     });
 
   const listAction = async (domainName: string, opts: { tree?: boolean; all?: boolean; json?: boolean }) => {
@@ -328,6 +334,7 @@ interface CreateFlags {
   diskOnly?: boolean;
   live?: boolean;
   halt?: boolean;
+  quiesce?: boolean;
   description?: string;
   dryRun?: boolean;
   json?: boolean;

@@ -76,6 +76,8 @@ export interface SnapshotManifest {
   /** Guest downtime between QMP STOP and RESUME; null when the guest was not paused by us. */
   downtimeMs: number | null;
   description?: string;
+  /** The guest's filesystems were frozen (guest agent) while the disks were taken. */
+  quiesced?: boolean;
   /** UTC, when the data was all taken (just before the manifest was committed). */
   finishedAt?: string;
   /** Policy runs: the schedule slot (UTC) this snapshot is for; one snapshot per slot. */

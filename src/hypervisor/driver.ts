@@ -21,6 +21,8 @@ export interface OnlineSnapshotRequest {
   plan: ResolvedSnapshotPlan;
   /** Shut the domain down once the snapshot is taken. */
   halt: boolean;
+  /** Freeze the guest's filesystems around the disk snapshot through the guest agent. */
+  quiesce?: { required: boolean; timeoutMs: number };
   backends: Record<BackendName, StorageBackend>;
   /** Record a step in the snapshot's journal before and after it runs. */
   journal(step: string, data?: Record<string, unknown>): Promise<void>;
@@ -40,6 +42,9 @@ export interface OnlineSnapshotResult {
   files: string[];
   /** Something the operator should know about this snapshot (kept in the manifest). */
   note?: string;
+  notes?: string[];
+  /** The guest's filesystems were frozen for the disk snapshot. */
+  quiesced?: boolean;
 }
 
 export interface RevertRequest {

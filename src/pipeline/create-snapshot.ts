@@ -17,6 +17,12 @@ export interface CreateSnapshotOptions extends SnapshotOptions {
   halt?: boolean;
   /** Policy runs: the schedule slot; a slot that already has its snapshot is not taken twice. */
   slot?: string;
+  /** Freeze the guest's filesystems (guest agent) around the disk snapshot of a running domain. */
+  quiesce?: boolean;
+  /** Fail rather than go on unquiesced when the freeze does not work. */
+  quiesceRequired?: boolean;
+  /** Longest a freeze or thaw call may take (default 10 s). */
+  quiesceTimeoutMs?: number;
 }
 
 export interface CreateSnapshotReport {
@@ -178,6 +184,7 @@ async function createOnline(
       dir,
       plan,
       halt: options.halt === true,
+      ...(options.quiesce === true ? { quiesce: { required: options.quiesceRequired === true, timeoutMs: options.quiesceTimeoutMs ?? 10_000 } } : {}),
       backends: deps.backends,
       async journal(step, data) {
         deps.checkFence?.();
@@ -209,8 +216,9 @@ async function createOnline(
       durationsMs: result.durationsMs,
       downtimeMs: result.downtimeMs,
       ...(options.description !== undefined ? { description: options.description } : {}),
-      ...(result.note !== undefined ? { notes: [result.note] } : {}),
+      ...(result.note !== undefined || result.notes !== undefined ? { notes: [...(result.note !== undefined ? [result.note] : []), ...(result.notes ?? [])] } : {}),
       ...(options.slot !== undefined ? { slot: options.slot } : {}),
+      ...(options.quiesce === true ? { quiesced: result.quiesced === true } : {}),
     };
     await catalog.commit(manifest);
     await catalog.setCurrent(domain.name, name);

@@ -33,6 +33,7 @@ export const snapshotJobSchema = z.strictObject({
   diskOnly: z.boolean().optional(),
   live: z.boolean().optional(),
   halt: z.boolean().optional(),
+  quiesce: z.boolean().optional(),
   /** Per-disk modes by target; never a file: jobs do not choose paths. */
   disks: z.record(z.string().regex(/^[a-z][a-z0-9]{0,15}$/, { error: 'disk targets are a-z then up to 15 of a-z 0-9' }), diskMode).optional(),
   description: z.string().max(1024, { error: 'description is longer than 1024 characters' }).optional(),

@@ -130,6 +130,7 @@ export function startWorker(options: WorkerOptions): RunningWorker {
           ...(data.diskOnly === true || policy?.kind === 'disk-only' ? { diskOnly: true } : {}),
           ...(data.live === true || policy?.live === true ? { live: true } : {}),
           ...(data.halt === true ? { halt: true } : {}),
+          ...(data.quiesce === true ? { quiesce: true, quiesceRequired: true } : policy?.quiesce === true ? { quiesce: true, quiesceRequired: policy.quiesceRequired } : {}),
           disks: Object.fromEntries(Object.entries({ ...(policy?.disks ?? {}), ...(data.disks ?? {}) }).map(([t, mode]) => [t, { mode }])),
           ...(data.description !== undefined ? { description: data.description } : {}),
           origin: policy === undefined ? 'adhoc' : 'policy',

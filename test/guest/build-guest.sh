@@ -22,7 +22,7 @@ if [[ -z "$kernel_pkg" ]]; then
   kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 fi
 [[ -n "$kernel_pkg" ]] || { echo "build-guest: no linux-image-cloud-amd64 in the apt sources" >&2; exit 1; }
-stamp="$kernel_pkg $(sha256sum "$here/init.sh" | cut -c1-16)"
+stamp="$kernel_pkg $(cat "$here/init.sh" "$here/build-guest.sh" | sha256sum | cut -c1-16)"
 
 if [[ -f "$out/stamp" && -f "$out/vmlinuz" && -f "$out/initrd.img" && "$(cat "$out/stamp")" == "$stamp" ]]; then
   echo "guest: cached in $out ($kernel_pkg)"
@@ -34,12 +34,16 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 # apt's _apt user must be able to write here.
 chmod 0777 "$work"
-if ! apt-get download -q "$kernel_pkg" busybox-static >/dev/null 2>apt.err; then
+# qemu-guest-agent and the shared libraries it loads, for the quiesce tests.
+agent_pkgs=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2 libpcre2-8-0 libc6)
+if ! apt-get download -q "$kernel_pkg" busybox-static "${agent_pkgs[@]}" >/dev/null 2>apt.err; then
   apt-get update -qq
-  apt-get download -q "$kernel_pkg" busybox-static >/dev/null
+  apt-get download -q "$kernel_pkg" busybox-static "${agent_pkgs[@]}" >/dev/null
 fi
 dpkg-deb -x linux-image-*.deb kernel
 dpkg-deb -x busybox-static_*.deb busybox
+mkdir agent
+for p in "${agent_pkgs[@]}"; do dpkg-deb -x "$(ls ${p}_*.deb | head -1)" agent; done
 
 root=$work/root
 mkdir -p "$root"/{bin,dev,proc,sys,mem,lib/modules}
@@ -48,7 +52,8 @@ ln -s busybox "$root/bin/sh"
 moddir=$(echo kernel/lib/modules/*)
 # No modules.dep in the package: the load order is spelled out in init.sh.
 for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci_legacy_dev.ko \
-         drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko; do
+         drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
+         drivers/char/virtio_console.ko; do
   src="$moddir/kernel/$m"
   if [[ -f "$src" ]]; then
     cp "$src" "$root/lib/modules/"
@@ -59,6 +64,15 @@ for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/v
   fi
 done
 install -m 0755 "$here/init.sh" "$root/init"
+# The guest agent with exactly the libraries it links, from the downloaded packages.
+mkdir -p "$root/lib/x86_64-linux-gnu" "$root/lib64"
+cp agent/usr/sbin/qemu-ga "$root/bin/qemu-ga"
+libpath="$work/agent/lib/x86_64-linux-gnu:$work/agent/usr/lib/x86_64-linux-gnu"
+for lib in $(LD_LIBRARY_PATH="$libpath" ldd agent/usr/sbin/qemu-ga | awk '/=> \//{print $3}'); do
+  case "$lib" in "$work"/agent/*) cp -L "$lib" "$root/lib/x86_64-linux-gnu/" ;;
+    *) echo "build-guest: qemu-ga needs $lib, which no downloaded package has" >&2; exit 1 ;; esac
+done
+cp -L agent/lib64/ld-linux-x86-64.so.2 "$root/lib64/" 2>/dev/null || cp -L agent/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$root/lib64/"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > initrd.img
 
 mkdir -p "$out.tmp"

@@ -45,6 +45,13 @@ if [ "$dirty" -gt 0 ]; then
   (while true; do repeat $dirty | dd of=/mem/dirty bs=1M conv=notrunc 2>/dev/null; done) &
 fi
 
+# The guest agent, on the virtio-serial port QEMU names org.qemu.guest_agent.0.
+mkdir -p /var/run /run
+for port in /sys/class/virtio-ports/*; do
+  [ -f "$port/name" ] && [ "$(cat "$port/name")" = org.qemu.guest_agent.0 ] && \
+    /bin/qemu-ga -m virtio-serial -p "/dev/$(basename "$port")" -t /run -d
+done
+
 echo VMSNAP-READY
 n=0
 while true; do

@@ -19,6 +19,8 @@ export interface BareVm {
   dir: string;
   qmpSocket: string;
   testSocket: string;
+  /** Guest only: the guest agent's socket (virtio-serial port org.qemu.guest_agent.0). */
+  agentSocket: string;
   /** argv that starts this VM (daemonized); vmsnap's `launch`. */
   launch: string[];
   start(): Promise<void>;
@@ -112,7 +114,9 @@ export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 12
     const { kernel, initrd } = guestArtifacts();
     const cmdline = ['console=ttyS0', 'quiet', 'panic=-1', `vmsnap.fill_mb=${guest.fillMiB ?? 0}`, `vmsnap.dirty_mb=${guest.dirtyMiB ?? 0}`, `vmsnap.tick_ms=${guest.tickMs ?? 200}`];
     kernelArgs.push('-kernel', kernel, '-initrd', initrd, '-append', cmdline.join(' '), '-no-reboot',
-      '-chardev', `file,id=ser0,path=${serialLog},append=on`, '-serial', 'chardev:ser0');
+      '-chardev', `file,id=ser0,path=${serialLog},append=on`, '-serial', 'chardev:ser0',
+      '-device', 'virtio-serial', '-chardev', `socket,id=qga0,path=${join(dir, 'qga.sock')},server=on,wait=off`,
+      '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0');
   }
   const qmpSocket = join(dir, 'qmp.sock');
   const testSocket = join(dir, 'test.sock');
@@ -166,6 +170,7 @@ export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 12
 
   return {
     dir,
+    agentSocket: join(dir, 'qga.sock'),
     serialLog,
     counters,
     async waitForCounterAbove(n, timeoutMs = 60_000) {

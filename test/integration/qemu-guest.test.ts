@@ -52,6 +52,7 @@ domains:
     driver: qemu
     qmpSocket: ${vm.qmpSocket}
     snapshotRoot: ${root}
+    guestAgentSocket: ${vm.agentSocket}
     launch: [${vm.launch.join(', ')}]
     disks:
       - { target: vda, path: ${vda}, format: qcow2 }
@@ -171,6 +172,18 @@ describe('the real guest, snapshotted while it runs', () => {
     // The guest writes its counter to its disks again, from the reverted value on.
     const onDisk = await vm.diskCounter('vdb');
     expect(onDisk).toBeGreaterThan((taken[method] as Taken).before);
+  });
+
+  it('--quiesce freezes the guest through its real qemu-guest-agent and records it', async () => {
+    const r = await cli('snapshot', 'create', 'guest1', '--name', 'q', '--disk-only', '--disk', 'vdb=no', '--quiesce');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const m = (await new Catalog(root).list('guest1')).snapshots.find((s) => s.name === 'q');
+    expect(m).toMatchObject({ kind: 'disk-only', consistency: 'application', quiesced: true });
+    expect(m?.durationsMs['freeze']).toBeGreaterThanOrEqual(0);
+    const now = await last();
+    await vm.waitForCounterAbove(now + 3); // thawed: the guest goes on writing
+    expect((await cli('snapshot', 'delete', 'guest1', 'q')).code).toBe(0);
   });
 
   it('deleting the external snapshots (block-stream) keeps the chain valid and the guest running', async () => {

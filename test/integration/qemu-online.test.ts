@@ -1,4 +1,5 @@
-import { mkdtemp, readdir, rm, writeFile, mkdir } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -183,6 +184,78 @@ describe('snapshot create on a running QEMU domain', () => {
     } finally {
       await proxy.stop();
     }
+  });
+
+  describe('quiesce with a guest agent that misbehaves', () => {
+    /** A guest agent on a unix socket that answers guest-sync and what `answers` allows. */
+    async function fakeAgent(path: string, answers: { freeze: boolean; thaw: boolean }) {
+      const calls: string[] = [];
+      const server = createServer((sock) => {
+        let buf = '';
+        sock.on('data', (d) => {
+          buf += d.toString();
+          let nl: number;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const msg = JSON.parse(buf.slice(0, nl)) as { execute: string; arguments?: { id?: number } };
+            buf = buf.slice(nl + 1);
+            calls.push(msg.execute);
+            if (msg.execute === 'guest-sync') sock.write(`${JSON.stringify({ return: msg.arguments?.id })}\n`);
+            if (msg.execute === 'guest-fsfreeze-freeze' && answers.freeze) sock.write('{"return": 1}\n');
+            if (msg.execute === 'guest-fsfreeze-thaw' && answers.thaw) sock.write('{"return": 1}\n');
+          }
+        });
+      });
+      await new Promise<void>((r) => server.listen(path, r));
+      return { calls, close: () => new Promise<void>((r) => server.close(() => r())) };
+    }
+
+    async function quiesced(agent: string, required: boolean) {
+      await writeFile(cfgPath, (await readFile(cfgPath, 'utf8')).replace('    launch:', `    guestAgentSocket: ${agent}\n    launch:`));
+      const domain = findDomain(await loadConfig(cfgPath), 'vm1') as QemuDomain;
+      const deps = createPipelineDeps(pino({ level: 'silent' }));
+      return createSnapshot(deps, domain, { name: 's1', diskOnly: true, disks: { vdb: { mode: 'no' } }, quiesce: true, quiesceRequired: required, quiesceTimeoutMs: 300 });
+    }
+
+    it('a thaw that never answers is retried, bounded, and reported in the manifest', async () => {
+      const agent = await fakeAgent(join(base, 'qga.sock'), { freeze: true, thaw: false });
+      try {
+        const t0 = Date.now();
+        const report = await quiesced(join(base, 'qga.sock'), true);
+        expect(Date.now() - t0).toBeLessThan(10_000);
+        expect(agent.calls.filter((c) => c === 'guest-fsfreeze-thaw')).toHaveLength(3);
+        expect(report.manifest?.quiesced).toBe(true);
+        expect(report.manifest?.notes?.join(' ')).toMatch(/THAW FAILED: .*did not thaw after 3 tries/);
+        expect(await vm.status()).toBe('running');
+      } finally {
+        await agent.close();
+      }
+    });
+
+    it('a freeze that times out is thawed; required: the snapshot fails and nothing is listed', async () => {
+      const agent = await fakeAgent(join(base, 'qga.sock'), { freeze: false, thaw: true });
+      try {
+        const err = await quiesced(join(base, 'qga.sock'), true).catch((e: unknown) => e);
+        expect((err as Error).message).toMatch(/step quiesce failed: the guest agent did not answer guest-fsfreeze-freeze/);
+        expect(agent.calls).toContain('guest-fsfreeze-thaw');
+        expect(await manifests()).toEqual([]);
+        expect(await snapshotFolders()).toEqual([]);
+        expect(await vm.status()).toBe('running');
+      } finally {
+        await agent.close();
+      }
+    });
+
+    it('a freeze that times out, not required: the snapshot goes on unquiesced and says so', async () => {
+      const agent = await fakeAgent(join(base, 'qga.sock'), { freeze: false, thaw: true });
+      try {
+        const report = await quiesced(join(base, 'qga.sock'), false);
+        expect(report.manifest).toMatchObject({ quiesced: false, consistency: 'crash' });
+        expect(report.manifest?.notes?.join(' ')).toMatch(/not quiesced: the guest agent did not answer guest-fsfreeze-freeze/);
+        expect(agent.calls).toContain('guest-fsfreeze-thaw');
+      } finally {
+        await agent.close();
+      }
+    });
   });
 
   it('a snapshot folder without room for the memory image: refused before anything is written', async () => {

@@ -10,6 +10,7 @@ import type { QemuImg } from '../../storage/qcow2/qemu-img.js';
 import type { OnlineSnapshotResult } from '../driver.js';
 import type { QemuMonitor } from './qemu-monitor.js';
 import { describeMemory, findDevice } from './qemu-snapshot.js';
+import { GuestAgent } from './guest-agent.js';
 
 /**
  * Finish or undo an online snapshot whose process died, from its journal.
@@ -71,6 +72,21 @@ export async function recoverQemuCreate(
       await mon.execute('cont');
       resumed = true;
       log.warn('resumed a guest that an interrupted snapshot had paused');
+    }
+  }
+
+  // A freeze vmsnap started and never thawed: thaw it (a frozen guest hangs on its next write).
+  if (steps.some((x) => x.step === 'freeze') && !steps.some((x) => x.step === 'thawed') && domain.guestAgentSocket !== undefined) {
+    try {
+      const agent = await GuestAgent.connect(domain.guestAgentSocket, 5_000);
+      try {
+        await agent.execute('guest-fsfreeze-thaw', undefined, 5_000);
+      } finally {
+        agent.close();
+      }
+      log.warn('thawed guest filesystems an interrupted snapshot had frozen');
+    } catch (err) {
+      log.error({ err }, 'could not thaw the guest filesystems an interrupted snapshot froze; run guest-fsfreeze-thaw through the agent');
     }
   }
 

@@ -13,6 +13,7 @@ import { frozenPath } from '../../storage/qcow2/qcow2-backend.js';
 import type { QemuImg } from '../../storage/qcow2/qemu-img.js';
 import { tempBeside } from '../../storage/replace-file.js';
 import type { OnlineSnapshotRequest, OnlineSnapshotResult } from '../driver.js';
+import { GuestAgent } from './guest-agent.js';
 import { shellQuotePath, type BlockDevice, type MigrationInfo, type QemuMonitor } from './qemu-monitor.js';
 
 /**
@@ -180,6 +181,64 @@ export async function createQemuSnapshot(
     return 'pause-save';
   };
 
+  // Quiesce: the guest agent freezes the guest's filesystems around the disk snapshot.
+  let quiesced = false;
+  let frozen = false;
+  const notes: string[] = [];
+  const agentPath = domain.guestAgentSocket;
+  const freeze = async (): Promise<boolean> => {
+    const q = req.quiesce;
+    if (q === undefined) return false;
+    if (agentPath === undefined) {
+      throw new VmsnapError('invalid-spec', `domain ${domain.name} has no guestAgentSocket in the config, so it cannot be quiesced; add it or drop --quiesce`);
+    }
+    const t0 = performance.now();
+    await req.journal('freeze', { phase: 'start', agent: agentPath });
+    try {
+      const agent = await GuestAgent.connect(agentPath, q.timeoutMs);
+      try {
+        frozen = true; // from here a thaw is owed, even if the freeze times out
+        const count = await agent.execute<number>('guest-fsfreeze-freeze', undefined, q.timeoutMs);
+        durationsMs['freeze'] = Math.round(performance.now() - t0);
+        await req.journal('freeze', { phase: 'done', filesystems: count });
+        return true;
+      } finally {
+        agent.close();
+      }
+    } catch (err) {
+      if (frozen) await thaw();
+      if (q.required) throw atStep('quiesce', err);
+      notes.push(`not quiesced: ${(err as Error).message}`);
+      log.warn({ err }, 'quiesce failed; going on unquiesced as the policy allows');
+      return false;
+    }
+  };
+  /** Thaw, with retries: a guest must never stay frozen because one call was lost. */
+  const thaw = async (): Promise<void> => {
+    const q = req.quiesce;
+    if (q === undefined || agentPath === undefined) return;
+    let last: unknown;
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        const agent = await GuestAgent.connect(agentPath, q.timeoutMs);
+        try {
+          await agent.execute('guest-fsfreeze-thaw', undefined, q.timeoutMs);
+        } finally {
+          agent.close();
+        }
+        frozen = false;
+        await req.journal('thawed').catch(() => undefined);
+        return;
+      } catch (err) {
+        last = err;
+      }
+    }
+    frozen = false;
+    const message = `THAW FAILED: the guest agent at ${agentPath} did not thaw after 3 tries (${(last as Error).message}); the guest's filesystems may still be frozen: run guest-fsfreeze-thaw through the agent`;
+    notes.push(message);
+    log.error({ err: last }, message);
+  };
+
   // What recovery needs to finish or undo this run if the process dies.
   await req.journal('online', {
     wasRunning,
@@ -197,6 +256,8 @@ export async function createQemuSnapshot(
         prepared.push(await prepareOverlay(disk, deviceOf.get(disk.target) as BlockDevice, req, mon, opts.img));
       }
     });
+
+    if (req.quiesce !== undefined && wasRunning) quiesced = await freeze();
 
     switch (method) {
       case 'internal': {
@@ -227,8 +288,10 @@ export async function createQemuSnapshot(
   } catch (err) {
     log.warn({ err, method }, 'online snapshot failed; undoing');
     await undo(err);
+    if (frozen) await thaw();
     throw err;
   }
+  if (frozen) await thaw();
 
   // The snapshot's data is all there; what follows only describes it.
   const events = mon.allEvents().slice(eventsFrom);
@@ -258,7 +321,9 @@ export async function createQemuSnapshot(
   return {
     method,
     kind,
-    consistency: kind === 'disk-only' ? 'crash' : 'full-system',
+    consistency: kind === 'full' ? 'full-system' : quiesced ? 'application' : 'crash',
+    quiesced,
+    ...(notes.length > 0 ? { notes } : {}),
     memory,
     disks: made,
     durationsMs,
