@@ -6,6 +6,7 @@ import type { ManifestDisk, SnapshotManifest } from '../domain/model.js';
 import { chooseSnapshotName, validateName } from '../domain/names.js';
 import { resolveSnapshotSpec, type ResolvedSnapshotPlan, type SnapshotOptions } from '../domain/resolve-spec.js';
 import { catalogFor, diskRefs, type PipelineDeps } from './context.js';
+import { faultPoint } from '../fault.js';
 
 export interface CreateSnapshotOptions extends SnapshotOptions {
   name?: string;
@@ -231,16 +232,4 @@ async function createOnline(
     });
     throw err;
   }
-}
-
-/**
- * Fault injection for the crash-safety tests: VMSNAP_FAULT="memory:start"
- * kills this process with SIGKILL right after that journal entry is on disk,
- * as a power cut or OOM kill would. Never set in production.
- */
-export function faultPoint(step: string, data: Record<string, unknown> | undefined): void {
-  const want = process.env['VMSNAP_FAULT'];
-  if (want === undefined || want === '') return;
-  const phase = typeof data?.['phase'] === 'string' ? `:${data['phase']}` : '';
-  if (want === step || want === `${step}${phase}`) process.kill(process.pid, 'SIGKILL');
 }

@@ -6,6 +6,7 @@ import type { Catalog } from '../catalog/catalog.js';
 import { validateName } from '../domain/names.js';
 import type { SnapshotManifest } from '../domain/model.js';
 import { catalogFor, findDisk, type PipelineDeps } from './context.js';
+import { faultPoint } from '../fault.js';
 
 export interface DeleteSnapshotReport {
   domain: string;
@@ -43,6 +44,7 @@ export async function deleteLocked(
   const disks = manifest.disks.filter((d) => d.mode !== 'no').map((d) => ({ entry: d, disk: findDisk(domain, d.target) }));
   const others = (await catalog.list(domain.name)).snapshots.filter((s) => s.name !== name);
   if (!marked) await catalog.markDeleting(domain.name, name);
+  faultPoint('delete:marked', undefined);
   const log = deps.logger.child({ domain: domain.name, snapshot: name });
 
   // A running hypervisor holds the images open: it removes what it holds (internal tags,

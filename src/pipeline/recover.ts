@@ -1,4 +1,6 @@
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { REVERT_FILE, revertLocked } from './revert-snapshot.js';
 import type { ResolvedDomain } from '../config/load-config.js';
 import { acquireLocalLock } from '../catalog/domain-lock.js';
 import { DELETING_FILE, type Journal } from '../catalog/catalog.js';
@@ -19,6 +21,8 @@ export interface RecoveryReport {
   deleted: string[];
   /** Folders without a journal: never touched, reported for the operator. */
   unknown: string[];
+  /** An interrupted revert that was run again to its end. */
+  reverted?: string;
 }
 
 /**
@@ -32,6 +36,13 @@ export async function recoverDomain(deps: PipelineDeps, domain: ResolvedDomain):
   if (!(await pathExists(catalog.domainDir(domain.name)))) return report;
   const release = await acquireLocalLock(catalog.domainDir(domain.name), 'recover');
   try {
+    // An interrupted revert runs again: every step of it can be repeated.
+    const revertMarker = join(catalog.domainDir(domain.name), REVERT_FILE);
+    if (await pathExists(revertMarker)) {
+      const r = JSON.parse(await readFile(revertMarker, 'utf8')) as { snapshot: string; running?: boolean; paused?: boolean };
+      await revertLocked(deps, domain, r.snapshot, { force: true, ...(r.running === true ? { running: true } : {}), ...(r.paused === true ? { paused: true } : {}) });
+      report.reverted = r.snapshot;
+    }
     const { partial } = await catalog.list(domain.name);
     for (const p of partial) {
       if (await pathExists(join(p.dir, DELETING_FILE))) {

@@ -2,9 +2,14 @@ import { stat } from 'node:fs/promises';
 import { VmsnapError, atStep } from '../errors.js';
 import type { ResolvedDomain } from '../config/load-config.js';
 import { acquireLocalLock } from '../catalog/domain-lock.js';
+import { removeFileIfPresent, writeFileAtomic } from '../catalog/fs-safe.js';
+import { join } from 'node:path';
 import type { DomainState, ManifestDisk, SnapshotManifest } from '../domain/model.js';
 import { validateName } from '../domain/names.js';
 import { catalogFor, findDisk, type PipelineDeps } from './context.js';
+
+/** In the domain's catalog folder while a revert runs; recovery runs the revert again. */
+export const REVERT_FILE = '.revert.json';
 
 export interface RevertSnapshotOptions {
   force?: boolean;
@@ -64,77 +69,93 @@ export async function revertSnapshot(
   await catalog.read(domain.name, name); // a missing snapshot fails before anything is created
   const release = await acquireLocalLock(await catalog.ensureDomainDir(domain.name), 'snapshot revert');
   try {
-    const manifest = await catalog.read(domain.name, name);
-    const disks = manifest.disks.filter((d) => d.mode !== 'no').map((d) => ({ entry: d, disk: findDisk(domain, d.target) }));
-    const driver = deps.driverFor(domain);
-    const state = await driver.getState();
-    const restoresMemory = manifest.memory.mode !== 'no' && (state !== 'shutoff' || driver.canStart());
-    const hazards = await revertHazards(manifest, restoresMemory, state);
-    if (hazards.length > 0 && options.force !== true) {
-      throw new VmsnapError('conflict', `refusing to revert without --force: ${hazards.join('; ')}`);
-    }
-    if (options.running === true && options.paused === true) {
-      throw new VmsnapError('usage', '--running and --paused contradict each other; give one');
-    }
-    // Everything is checked before the domain is touched: a revert that cannot finish must not stop it.
-    for (const { entry, disk } of disks) {
-      if (restoresMemory && manifest.memory.mode === 'internal') break; // QEMU's snapshot-load checks its own
-      try {
-        await deps.backends[disk.backend].checkRevert(disk, entry);
-      } catch (err) {
-        throw atStep(`revert:${entry.target}`, err);
-      }
-    }
-    const wanted = options.paused === true ? 'paused' : options.running === true ? 'running' : manifest.state;
-    const log = deps.logger.child({ domain: domain.name, snapshot: name });
-    const report: RevertSnapshotReport = { domain: domain.name, name, disks: [], warnings: hazards, memoryRestored: restoresMemory, state: 'shutoff' };
-
-    if (restoresMemory) {
-      const targetState = wanted === 'paused' ? 'paused' : 'running';
-      try {
-        await driver.revertFullSystem(manifest, {
-          targetState,
-          backends: deps.backends,
-          ...(deps.onProgress !== undefined ? { onProgress: deps.onProgress } : {}),
-        });
-      } catch (err) {
-        throw atStep('revert', err);
-      }
-      for (const d of manifest.disks) report.disks.push({ target: d.target, reverted: d.mode !== 'no' });
-      report.state = targetState;
-      log.info({ state: targetState }, 'reverted with memory');
-    } else {
-      if (state !== 'shutoff') {
-        deps.onProgress?.({ step: 'stop' });
-        await driver.destroy();
-      }
-      for (const { entry, disk } of disks) {
-        const step = `revert:${entry.target}`;
-        deps.onProgress?.({ step, detail: `${disk.path} ← ${describe(entry)}` });
-        try {
-          await deps.backends[disk.backend].revert(disk, entry);
-        } catch (err) {
-          throw atStep(step, err);
-        }
-        log.info({ step }, 'disk reverted');
-        report.disks.push({ target: entry.target, reverted: true });
-      }
-      for (const d of manifest.disks.filter((x) => x.mode === 'no')) report.disks.push({ target: d.target, reverted: false });
-      if (wanted !== 'shutoff') {
-        if (driver.canStart()) {
-          deps.onProgress?.({ step: 'start' });
-          await driver.start({ paused: wanted === 'paused' });
-          report.state = wanted;
-        } else {
-          report.warnings.push(`the snapshot was taken ${wanted} but vmsnap cannot start this domain (no launch command); it stays shut off`);
-        }
-      }
-    }
-    await catalog.setCurrent(domain.name, name);
-    return report;
+    return await revertLocked(deps, domain, name, options);
   } finally {
     await release();
   }
+}
+
+/** The revert itself, for callers that hold the domain lock (recovery). */
+export async function revertLocked(
+  deps: PipelineDeps,
+  domain: ResolvedDomain,
+  name: string,
+  options: RevertSnapshotOptions = {},
+): Promise<RevertSnapshotReport> {
+  const catalog = catalogFor(domain);
+  const manifest = await catalog.read(domain.name, name);
+  const disks = manifest.disks.filter((d) => d.mode !== 'no').map((d) => ({ entry: d, disk: findDisk(domain, d.target) }));
+  const driver = deps.driverFor(domain);
+  const state = await driver.getState();
+  const restoresMemory = manifest.memory.mode !== 'no' && (state !== 'shutoff' || driver.canStart());
+  const hazards = await revertHazards(manifest, restoresMemory, state);
+  if (hazards.length > 0 && options.force !== true) {
+    throw new VmsnapError('conflict', `refusing to revert without --force: ${hazards.join('; ')}`);
+  }
+  if (options.running === true && options.paused === true) {
+    throw new VmsnapError('usage', '--running and --paused contradict each other; give one');
+  }
+  // Everything is checked before the domain is touched: a revert that cannot finish must not stop it.
+  for (const { entry, disk } of disks) {
+    if (restoresMemory && manifest.memory.mode === 'internal') break; // QEMU's snapshot-load checks its own
+    try {
+      await deps.backends[disk.backend].checkRevert(disk, entry);
+    } catch (err) {
+      throw atStep(`revert:${entry.target}`, err);
+    }
+  }
+  const wanted = options.paused === true ? 'paused' : options.running === true ? 'running' : manifest.state;
+  const log = deps.logger.child({ domain: domain.name, snapshot: name });
+  const report: RevertSnapshotReport = { domain: domain.name, name, disks: [], warnings: hazards, memoryRestored: restoresMemory, state: 'shutoff' };
+
+  // Journal: an interrupted revert (the domain stopped, disks half reverted) is run again by recovery.
+  const marker = join(catalog.domainDir(domain.name), REVERT_FILE);
+  await writeFileAtomic(marker, `${JSON.stringify({ snapshot: name, running: options.running === true, paused: options.paused === true, startedAt: deps.now().toISOString(), pid: process.pid })}\n`);
+
+  if (restoresMemory) {
+    const targetState = wanted === 'paused' ? 'paused' : 'running';
+    try {
+      await driver.revertFullSystem(manifest, {
+        targetState,
+        backends: deps.backends,
+        ...(deps.onProgress !== undefined ? { onProgress: deps.onProgress } : {}),
+      });
+    } catch (err) {
+      throw atStep('revert', err);
+    }
+    for (const d of manifest.disks) report.disks.push({ target: d.target, reverted: d.mode !== 'no' });
+    report.state = targetState;
+    log.info({ state: targetState }, 'reverted with memory');
+  } else {
+    if (state !== 'shutoff') {
+      deps.onProgress?.({ step: 'stop' });
+      await driver.destroy();
+    }
+    for (const { entry, disk } of disks) {
+      const step = `revert:${entry.target}`;
+      deps.onProgress?.({ step, detail: `${disk.path} ← ${describe(entry)}` });
+      try {
+        await deps.backends[disk.backend].revert(disk, entry);
+      } catch (err) {
+        throw atStep(step, err);
+      }
+      log.info({ step }, 'disk reverted');
+      report.disks.push({ target: entry.target, reverted: true });
+    }
+    for (const d of manifest.disks.filter((x) => x.mode === 'no')) report.disks.push({ target: d.target, reverted: false });
+    if (wanted !== 'shutoff') {
+      if (driver.canStart()) {
+        deps.onProgress?.({ step: 'start' });
+        await driver.start({ paused: wanted === 'paused' });
+        report.state = wanted;
+      } else {
+        report.warnings.push(`the snapshot was taken ${wanted} but vmsnap cannot start this domain (no launch command); it stays shut off`);
+      }
+    }
+  }
+  await catalog.setCurrent(domain.name, name);
+  await removeFileIfPresent(marker);
+  return report;
 }
 
 function describe(entry: ManifestDisk): string {

@@ -102,4 +102,36 @@ describe('SIGKILL during an online snapshot, then vmsnap recover', () => {
     }
     expect(await leftovers()).toEqual([]);
   });
+
+  it('killed during a revert after QEMU was stopped: recover runs the revert again and the guest is back', async () => {
+    await vm.write('vda', 0, 0x81);
+    expect((await vmsnap(['-c', cfg, 'snapshot', 'create', 'vm1', '--name', 's1', '--disk', 'vda=external'])).code).toBe(0);
+    await vm.write('vda', 0, 0x82);
+    const killed = await vmsnapBinary(['-c', cfg, 'snapshot', 'revert', 'vm1', 's1'], { env: { VMSNAP_FAULT: 'revert:stopped' } });
+    expect(killed.signal).toBe('SIGKILL');
+    expect(await vm.isRunning()).toBe(false);
+    const r = await vmsnap(['-c', cfg, 'recover', '--json']);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)[0]).toMatchObject({ reverted: 's1' });
+    expect(await vm.status()).toBe('running');
+    expect(await vm.holds('vda', 0, 0x81)).toBe(true);
+    await checkChain(vda, { inUse: true });
+  });
+
+  it('killed during a delete (after the snapshot was unlisted): recover finishes it, data and chain intact', async () => {
+    await vm.write('vda', 0, 0x91);
+    expect((await vmsnap(['-c', cfg, 'snapshot', 'create', 'vm1', '--name', 'a', '--disk', 'vda=external'])).code).toBe(0);
+    await vm.write('vda', 1, 0x92);
+    expect((await vmsnap(['-c', cfg, 'snapshot', 'create', 'vm1', '--name', 'b', '--disk', 'vda=external'])).code).toBe(0);
+    const killed = await vmsnapBinary(['-c', cfg, 'snapshot', 'delete', 'vm1', 'a'], { env: { VMSNAP_FAULT: 'delete:marked' } });
+    expect(killed.signal).toBe('SIGKILL');
+    expect((await new Catalog(root).list('vm1')).snapshots.map((s) => s.name)).toEqual(['b']);
+    const r = await vmsnap(['-c', cfg, 'recover', '--json']);
+    expect(JSON.parse(r.stdout)[0]).toMatchObject({ deleted: ['a'] });
+    expect(await readdir(join(root, 'vm1'))).not.toContain('a');
+    expect(await vm.holds('vda', 0, 0x91)).toBe(true);
+    expect(await vm.holds('vda', 1, 0x92)).toBe(true);
+    await checkChain(vda, { inUse: true });
+    for (const s of (await new Catalog(root).list('vm1')).snapshots) for (const d of s.disks) if (d.file?.endsWith('.qcow2')) await checkChain(d.file);
+  });
 });

@@ -12,6 +12,7 @@ import type { HypervisorDriver, OnlineSnapshotRequest, RevertRequest } from '../
 import { QemuMonitor, shellQuotePath } from './qemu-monitor.js';
 import { createQemuSnapshot, isInstalledOverlayOf } from './qemu-snapshot.js';
 import { recoverQemuCreate } from './qemu-recover.js';
+import { faultPoint } from '../../fault.js';
 
 export interface QemuDriverOptions {
   qemuImg?: QemuImg;
@@ -167,6 +168,7 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
     }
     req.onProgress?.({ step: 'stop' });
     await destroy();
+    faultPoint('revert:stopped', undefined);
     for (const entry of manifest.disks) {
       if (entry.mode === 'no') continue;
       const disk = domain.disks.find((d) => d.target === entry.target);
