@@ -105,6 +105,11 @@ describe('snapshot create on a running QEMU domain', () => {
       expect(st.mode & 0o777).toBe(0o600);
     }
     expect(Object.keys(m?.durationsMs ?? {})).not.toHaveLength(0);
+    const { stat: statOf } = await import('node:fs/promises');
+    expect((await statOf(join(root, 'vm1', 's1'))).mode & 0o777).toBe(0o700);
+    expect((await statOf(join(root, 'vm1'))).mode & 0o777).toBe(0o700);
+    expect((await statOf(join(root, 'vm1', 's1', 'snapshot.json'))).mode & 0o777).toBe(0o600);
+    expect(await readdir(join(root, 'vm1', 's1'))).not.toContain('journal.json');
     expect(await vm.status()).toBe('running');
     expect(await vm.holds('vda', 0, 0x11)).toBe(true);
     expect(await vm.holds('vda', 0, 0x12)).toBe(false); // the check itself can fail
