@@ -46,6 +46,22 @@ export class Catalog {
     return join(this.domainDir(domain), validateName(name, 'snapshot name'));
   }
 
+  /**
+   * A snapshot folder (and the domain folder above it) must be a real folder:
+   * a symlink planted there could lead a read, a write or a delete elsewhere.
+   */
+  private async assertRealDir(domain: string, name: string): Promise<void> {
+    for (const p of [this.domainDir(domain), this.snapshotDir(domain, name)]) {
+      const st = await lstat(p).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (st !== undefined && (st.isSymbolicLink() || !st.isDirectory())) {
+        throw new VmsnapError('bad-input', `${p} is a symlink or not a folder; vmsnap only reads and deletes real folders below ${this.root}`, { retryable: false });
+      }
+    }
+  }
+
   async ensureDomainDir(domain: string): Promise<string> {
     return ensureDirInside(this.root, validateName(domain, 'domain'));
   }
@@ -89,6 +105,7 @@ export class Catalog {
   }
 
   async read(domain: string, name: string): Promise<SnapshotManifest> {
+    await this.assertRealDir(domain, name);
     const file = join(this.snapshotDir(domain, name), MANIFEST_FILE);
     let text: string;
     try {
@@ -112,6 +129,7 @@ export class Catalog {
     } catch (err) {
       if (!(err instanceof VmsnapError && err.code === 'not-found')) throw err;
       try {
+        await this.assertRealDir(domain, name);
         const text = await readFile(join(this.snapshotDir(domain, name), DELETING_FILE), 'utf8');
         return { manifest: parseManifest(text, name, domain), marked: true };
       } catch (inner) {
@@ -181,6 +199,7 @@ export class Catalog {
 
   /** Last step of a delete or an abandoned create: remove the listed files, then the folder. */
   async removeSnapshotDir(domain: string, name: string, files: readonly string[]): Promise<void> {
+    await this.assertRealDir(domain, name);
     const dir = this.snapshotDir(domain, name);
     for (const file of files) {
       if (!isInside(dir, file)) continue; // files outside the folder belong to backends

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue, type Job } from 'bullmq';
@@ -129,5 +129,33 @@ describe('hostile CLI invocations', () => {
       expect(r.stderr.trim().split('\n')[0], c.args.join(' ')).toMatch(/^vmsnap: /);
     }
     expect(await fingerprint(base)).toEqual(before);
+  });
+});
+
+describe('symlinks planted in the catalog', () => {
+  it('a snapshot folder that is a symlink is never listed, read or deleted through', async () => {
+    const outside = join(base, 'outside');
+    await mkdir(outside);
+    const victim = join(outside, 'victim.qcow2');
+    await writeFile(victim, 'precious');
+    await writeFile(
+      join(outside, 'snapshot.json'),
+      JSON.stringify({ version: 1, name: 'evil', domain: 'd1', createdAt: '2026-01-01T00:00:00.000Z', origin: 'adhoc', policy: null, kind: 'disk-only', state: 'shutoff', consistency: 'offline', method: 'offline', memory: { mode: 'no' }, disks: [{ target: 'vda', path: join(base, 'd1.qcow2'), format: 'qcow2', mode: 'external', method: 'file-copy', file: victim }], parent: null, durationsMs: {}, downtimeMs: null }),
+    );
+    await mkdir(join(base, 'snaps', 'd1'), { recursive: true, mode: 0o700 });
+    await symlink(outside, join(base, 'snaps', 'd1', 'evil'));
+    try {
+      const list = await vmsnap(['-c', cfg, 'list', 'd1', '--json']);
+      expect(JSON.parse(list.stdout).snapshots).toEqual([]);
+      for (const args of [['snapshot', 'delete', 'd1', 'evil'], ['snapshot', 'revert', 'd1', 'evil', '--force']]) {
+        const r = await vmsnap(['-c', cfg, ...args]);
+        expect(r.code, args.join(' ')).toBe(65);
+        expect(r.stderr, args.join(' ')).toMatch(/is a symlink or not a folder/);
+      }
+      expect(await readFile(victim, 'utf8')).toBe('precious');
+      expect(await readdir(outside)).toEqual(['snapshot.json', 'victim.qcow2']);
+    } finally {
+      await rm(join(base, 'snaps', 'd1'), { recursive: true, force: true });
+    }
   });
 });
