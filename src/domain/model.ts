@@ -80,6 +80,8 @@ export interface SnapshotManifest {
   quiesced?: boolean;
   /** UTC, when the data was all taken (just before the manifest was committed). */
   finishedAt?: string;
+  /** The queue job that made it (a job run again after a crash finds it). */
+  jobId?: string;
   /** Policy runs: the schedule slot (UTC) this snapshot is for; one snapshot per slot. */
   slot?: string;
   /** What happened that differs from what was asked, e.g. a memory save that failed after the disks were taken. */

@@ -24,6 +24,27 @@ export interface CreateSnapshotOptions extends SnapshotOptions {
   quiesceRequired?: boolean;
   /** Longest a freeze or thaw call may take (default 10 s). */
   quiesceTimeoutMs?: number;
+  /** The queue job this snapshot is for: a job run again after a crash finds its snapshot instead of taking another. */
+  jobId?: string;
+}
+
+/** Who a snapshot is for, journaled at the start so a recovered snapshot is recorded as what it was asked to be. */
+export interface SnapshotMeta {
+  origin: 'adhoc' | 'policy';
+  policy: string | null;
+  slot?: string;
+  jobId?: string;
+  description?: string;
+}
+
+export function metaOf(options: CreateSnapshotOptions): SnapshotMeta {
+  return {
+    origin: options.origin ?? 'adhoc',
+    policy: options.origin === 'policy' ? (options.policy ?? null) : null,
+    ...(options.slot !== undefined ? { slot: options.slot } : {}),
+    ...(options.jobId !== undefined ? { jobId: options.jobId } : {}),
+    ...(options.description !== undefined ? { description: options.description } : {}),
+  };
 }
 
 export interface CreateSnapshotReport {
@@ -71,6 +92,8 @@ export async function createSnapshot(
 
     const dir = await catalog.begin(domain.name, name);
     const journal: Journal = (await catalog.readJournal(dir)) as Journal;
+    journal.steps.push({ step: 'meta', at: deps.now().toISOString(), data: { ...metaOf(options) } });
+    await catalog.writeJournal(dir, journal);
     const made: ManifestDisk[] = [];
     const durationsMs: Record<string, number> = {};
     const slog = log.child({ snapshot: name });
@@ -124,6 +147,7 @@ export async function createSnapshot(
         downtimeMs: null,
         ...(options.description !== undefined ? { description: options.description } : {}),
         ...(options.slot !== undefined ? { slot: options.slot } : {}),
+        ...(options.jobId !== undefined ? { jobId: options.jobId } : {}),
       };
       await catalog.commit(manifest);
       await catalog.setCurrent(domain.name, name);
@@ -179,6 +203,8 @@ async function createOnline(
   const slog = deps.logger.child({ domain: domain.name, snapshot: name });
   const dir = await catalog.begin(domain.name, name);
   const journal: Journal = (await catalog.readJournal(dir)) as Journal;
+  journal.steps.push({ step: 'meta', at: deps.now().toISOString(), data: { ...metaOf(options) } });
+  await catalog.writeJournal(dir, journal);
   try {
     const result = await deps.driverFor(domain).createOnline({
       name,
@@ -220,6 +246,7 @@ async function createOnline(
       ...(result.note !== undefined || result.notes !== undefined ? { notes: [...(result.note !== undefined ? [result.note] : []), ...(result.notes ?? [])] } : {}),
       ...(options.slot !== undefined ? { slot: options.slot } : {}),
       ...(options.quiesce === true ? { quiesced: result.quiesced === true } : {}),
+      ...(options.jobId !== undefined ? { jobId: options.jobId } : {}),
     };
     await catalog.commit(manifest);
     await catalog.setCurrent(domain.name, name);

@@ -8,6 +8,7 @@ import { pathExists } from '../catalog/fs-safe.js';
 import type { ManifestDisk, SnapshotManifest } from '../domain/model.js';
 import { catalogFor, type PipelineDeps } from './context.js';
 import { deleteLocked } from './delete-snapshot.js';
+import type { SnapshotMeta } from './create-snapshot.js';
 
 export interface RecoveryReport {
   domain: string;
@@ -56,6 +57,7 @@ export async function recoverDomain(deps: PipelineDeps, domain: ResolvedDomain):
         continue;
       }
       if (journal.steps.some((s) => s.step === 'online')) {
+        const meta = journal.steps.find((s) => s.step === 'meta')?.data as SnapshotMeta | undefined;
         const r = await deps.driverFor(domain).recoverCreate(journal, deps.backends);
         report.resumed ||= r.resumed;
         if (r.outcome.kind === 'completed') {
@@ -66,8 +68,11 @@ export async function recoverDomain(deps: PipelineDeps, domain: ResolvedDomain):
             domain: domain.name,
             createdAt: journal.startedAt,
             finishedAt: deps.now().toISOString(),
-            origin: 'adhoc',
-            policy: null,
+            origin: meta?.origin ?? 'adhoc',
+            policy: meta?.policy ?? null,
+            ...(meta?.slot !== undefined ? { slot: meta.slot } : {}),
+            ...(meta?.jobId !== undefined ? { jobId: meta.jobId } : {}),
+            ...(meta?.description !== undefined ? { description: meta.description } : {}),
             kind: res.kind,
             state: 'running',
             consistency: res.consistency,

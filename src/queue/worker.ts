@@ -120,6 +120,11 @@ export function startWorker(options: WorkerOptions): RunningWorker {
       case 'snapshot': {
         const policy = data.policy === undefined ? undefined : findPolicy(config, data.policy);
         const slot = policy === undefined ? undefined : slotOf(job);
+        // A job run again after its worker died: its snapshot may already be there (completed by recovery).
+        const mine = (await catalogFor(domain).list(domain.name)).snapshots.find((s) => job.id !== undefined && s.jobId === job.id);
+        if (mine !== undefined) {
+          return { kind: 'snapshot', domain: domain.name, snapshot: mine.name, method: mine.method, downtimeMs: mine.downtimeMs, durationsMs: mine.durationsMs };
+        }
         if (policy !== undefined && slot !== undefined) {
           const done = (await catalogFor(domain).list(domain.name)).snapshots.find((s) => s.policy === policy.name && s.slot === slot);
           if (done !== undefined) return { kind: 'snapshot', domain: domain.name, snapshot: done.name, skipped: `slot ${slot} already has snapshot ${done.name}` };
@@ -136,6 +141,7 @@ export function startWorker(options: WorkerOptions): RunningWorker {
           origin: policy === undefined ? 'adhoc' : 'policy',
           ...(policy !== undefined ? { policy: policy.name } : {}),
           ...(slot !== undefined ? { slot } : {}),
+          ...(job.id !== undefined ? { jobId: job.id } : {}),
         });
         const m = report.manifest;
         if (policy !== undefined) {
@@ -202,8 +208,8 @@ export function startWorker(options: WorkerOptions): RunningWorker {
     prefix: QUEUE_PREFIX,
     concurrency: options.concurrency ?? 1,
     // Long memory saves keep BullMQ's job lock renewed; a worker that dies loses it and the job is picked up again.
-    lockDuration: 60_000,
-    stalledInterval: 30_000,
+    lockDuration: Number(process.env['VMSNAP_JOB_LOCK_MS'] ?? 60_000),
+    stalledInterval: Math.max(500, Math.floor(Number(process.env['VMSNAP_JOB_LOCK_MS'] ?? 60_000) / 2)),
     maxStalledCount: 2,
   });
   worker.on('completed', (job, result: JobResult) => options.onOutcome?.({ job, result }));
