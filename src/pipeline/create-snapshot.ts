@@ -106,8 +106,9 @@ export async function createSnapshot(
         const step = `disk:${disk.target}`;
         deps.onProgress?.({ step, detail: `${disk.mode} snapshot of ${disk.path}` });
         const t0 = performance.now();
-        journal.steps.push({ step, at: deps.now().toISOString(), data: { phase: 'start', mode: disk.mode } });
+        journal.steps.push({ step, at: deps.now().toISOString(), data: { phase: 'start', mode: disk.mode, ...(disk.file !== undefined ? { file: disk.file } : {}) } });
         await catalog.writeJournal(dir, journal);
+        faultPoint(step, { phase: 'start' });
         let entry: ManifestDisk;
         try {
           entry = await deps.backends[disk.backend].create(disk, {
@@ -120,6 +121,7 @@ export async function createSnapshot(
         } catch (err) {
           throw atStep(step, err);
         }
+        faultPoint(step, { phase: 'created' });
         made.push(entry);
         if (entry.file !== undefined) journal.files.push(entry.file);
         journal.steps.push({ step, at: deps.now().toISOString(), data: { phase: 'done', entry } });

@@ -95,6 +95,16 @@ export async function recoverDomain(deps: PipelineDeps, domain: ResolvedDomain):
       }
       // Offline create: undo each disk the journal says was taken, newest first.
       const taken = journal.steps.filter((s) => s.step.startsWith('disk:') && s.data?.['phase'] === 'done').map((s) => s.data?.['entry'] as ManifestDisk);
+      // A disk whose step started but never finished: the backend looks where it would have put things.
+      for (const s of journal.steps.filter((x) => x.step.startsWith('disk:') && x.data?.['phase'] === 'start')) {
+        const target = s.step.slice(5);
+        if (taken.some((e) => e.target === target)) continue;
+        const disk = domain.disks.find((d) => d.target === target);
+        const mode = s.data?.['mode'];
+        if (disk === undefined || (mode !== 'internal' && mode !== 'external')) continue;
+        const file = typeof s.data?.['file'] === 'string' ? (s.data['file'] as string) : undefined;
+        await deps.backends[disk.backend].undoInterrupted(disk, { domain: domain.name, name: journal.snapshot, dir: p.dir, mode, ...(file !== undefined ? { file } : {}) });
+      }
       for (const entry of taken.reverse()) {
         const disk = domain.disks.find((d) => d.target === entry.target);
         if (disk !== undefined) await deps.backends[disk.backend].undoCreate(disk, entry);

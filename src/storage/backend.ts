@@ -32,6 +32,11 @@ export interface StorageBackend {
   create(disk: DiskRef, target: DiskSnapshotTarget): Promise<ManifestDisk>;
   /** Take back a create that was never committed. */
   undoCreate(disk: DiskRef, entry: ManifestDisk): Promise<void>;
+  /**
+   * Take back a create that was interrupted before it returned (a crash):
+   * whatever part of it exists, found where `create` puts it.
+   */
+  undoInterrupted(disk: DiskRef, target: DiskSnapshotTarget): Promise<void>;
   /** Throw if `revert` would fail or lose data; read-only, safe while the domain runs. */
   checkRevert(disk: DiskRef, entry: ManifestDisk): Promise<void>;
   /** Make the disk's content the snapshot's again; later snapshots stay valid. */

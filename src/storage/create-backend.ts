@@ -15,7 +15,7 @@ export function createBackends(tools: BackendTools = {}): Record<BackendName, St
   const qemuImg = new QemuImg(tools.qemuImg === undefined ? {} : { bin: tools.qemuImg });
   const unavailable = (name: BackendName): StorageBackend => {
     const fail = () => Promise.reject(new VmsnapError('unavailable', `the ${name} storage backend is not available in this version of vmsnap`, { retryable: false }));
-    return { name, create: fail, undoCreate: fail, checkRevert: fail, revert: fail, delete: fail, list: fail };
+    return { name, create: fail, undoCreate: fail, undoInterrupted: fail, checkRevert: fail, revert: fail, delete: fail, list: fail };
   };
   return {
     qcow2: createQcow2Backend({ qemuImg }),

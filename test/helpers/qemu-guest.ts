@@ -363,7 +363,7 @@ export async function startGuest(options: GuestOptions): Promise<Guest> {
     serialLog,
     pidFile,
     launchArgv,
-    async waitReady(timeoutMs = 90_000) {
+    async waitReady(timeoutMs = 45_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const text = await readFile(serialLog, 'utf8').catch(() => '');
@@ -379,7 +379,7 @@ export async function startGuest(options: GuestOptions): Promise<Guest> {
     },
     lastCounter,
     counters,
-    async waitForCounterAbove(n, timeoutMs = 60_000) {
+    async waitForCounterAbove(n, timeoutMs = 30_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const last = await lastCounter();

@@ -1,6 +1,7 @@
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/catalog/catalog.js';
 import { createBareVm, type BareVm } from '../helpers/bare-vm.js';
@@ -133,5 +134,21 @@ describe('SIGKILL during an online snapshot, then vmsnap recover', () => {
     expect(await vm.holds('vda', 1, 0x92)).toBe(true);
     await checkChain(vda, { inUse: true });
     for (const s of (await new Catalog(root).list('vm1')).snapshots) for (const d of s.disks) if (d.file?.endsWith('.qcow2')) await checkChain(d.file);
+  });
+
+  it.each(['internal', 'external'])('killed inside an offline (%s) disk snapshot, before its step was journaled done: recover takes it back', async (mode) => {
+    await vm.kill(); // shut off: the offline path
+    const killed = await vmsnapBinary(['-c', cfg, 'snapshot', 'create', 'vm1', '--name', 's1', '--disk', `vda=${mode}`, '--disk', 'vdb=no'], {
+      env: { VMSNAP_FAULT: 'disk:vda:created' },
+    });
+    expect(killed.signal).toBe('SIGKILL');
+    const r = await vmsnap(['-c', cfg, 'recover', '--json']);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)[0]).toMatchObject({ removed: ['s1'] });
+    expect(await checkChain(vda)).toEqual([vda]);
+    const { stdout } = await execa('qemu-img', ['snapshot', '-l', vda]);
+    expect(stdout).not.toContain('s1');
+    expect(await readdir(join(root, 'vm1'))).not.toContain('s1');
+    expect(await leftovers()).toEqual([]);
   });
 });

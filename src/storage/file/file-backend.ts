@@ -50,6 +50,12 @@ export function createFileBackend(options: { cp?: string; timeoutMs?: number } =
       return describeExternalFile(disk, 'file-copy', dest);
     },
 
+    async undoInterrupted(disk, target) {
+      const file = copyPath(disk, target);
+      await removeFileIfPresent(tempBeside(file, 'copy'));
+      await removeFileIfPresent(file);
+    },
+
     async undoCreate(_disk, entry) {
       if (entry.file !== undefined) await removeFileIfPresent(entry.file);
     },

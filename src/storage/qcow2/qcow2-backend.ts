@@ -109,6 +109,19 @@ export function createQcow2Backend(options: { qemuImg?: QemuImg } = {}): Storage
       return describeExternalFile(disk, 'qcow2-external', frozen, { backing: top['full-backing-filename'] ?? null });
     },
 
+    async undoInterrupted(disk, target) {
+      if (target.mode === 'internal') {
+        await this.undoCreate(disk, { target: disk.target, path: disk.path, format: disk.format, mode: 'internal', tag: target.name });
+        return;
+      }
+      await removeFileIfPresent(tempBeside(disk.path, 'overlay'));
+      const frozen = await frozenPath(disk, target);
+      if (!(await pathExists(frozen))) return;
+      const [f, p] = await Promise.all([stat(frozen), stat(disk.path)]);
+      if (f.ino === p.ino) await unlink(frozen); // linked, overlay not yet in place: only a second name
+      else await this.undoCreate(disk, { target: disk.target, path: disk.path, format: disk.format, mode: 'external', file: frozen });
+    },
+
     async undoCreate(disk, entry) {
       if (entry.mode === 'internal' && entry.tag !== undefined) {
         if ((await findTag(disk, entry.tag)) !== undefined) await img.snapshotDelete(disk.path, entry.tag);
