@@ -7,6 +7,9 @@ import { chooseSnapshotName, validateName } from '../domain/names.js';
 import { resolveSnapshotSpec, type ResolvedSnapshotPlan, type SnapshotOptions } from '../domain/resolve-spec.js';
 import { catalogFor, diskRefs, type PipelineDeps } from './context.js';
 import { faultPoint } from '../fault.js';
+import { buildManifest, type SnapshotMeta } from './build-manifest.js';
+
+export type { SnapshotMeta } from './build-manifest.js';
 
 export interface CreateSnapshotOptions extends SnapshotOptions {
   name?: string;
@@ -26,15 +29,6 @@ export interface CreateSnapshotOptions extends SnapshotOptions {
   quiesceTimeoutMs?: number;
   /** The queue job this snapshot is for: a job run again after a crash finds its snapshot instead of taking another. */
   jobId?: string;
-}
-
-/** Who a snapshot is for, journaled at the start so a recovered snapshot is recorded as what it was asked to be. */
-export interface SnapshotMeta {
-  origin: 'adhoc' | 'policy';
-  policy: string | null;
-  slot?: string;
-  jobId?: string;
-  description?: string;
 }
 
 export function metaOf(options: CreateSnapshotOptions): SnapshotMeta {
@@ -130,27 +124,11 @@ export async function createSnapshot(
         slog.info({ step, ms: durationsMs[step] }, 'disk snapshot taken');
       }
 
-      const manifest: SnapshotManifest = {
-        version: 1,
-        name,
-        domain: domain.name,
-        createdAt: startedAt.toISOString(),
-        finishedAt: deps.now().toISOString(),
-        origin: options.origin ?? 'adhoc',
-        policy: options.origin === 'policy' ? (options.policy ?? null) : null,
-        kind: plan.kind,
-        state,
-        consistency: 'offline',
-        method: 'offline',
-        memory: { mode: 'no' },
-        disks: made,
-        parent: await catalog.getCurrent(domain.name),
-        durationsMs,
-        downtimeMs: null,
-        ...(options.description !== undefined ? { description: options.description } : {}),
-        ...(options.slot !== undefined ? { slot: options.slot } : {}),
-        ...(options.jobId !== undefined ? { jobId: options.jobId } : {}),
-      };
+      const manifest = buildManifest(
+        { name, domain: domain.name, createdAt: startedAt.toISOString(), finishedAt: deps.now().toISOString(), parent: await catalog.getCurrent(domain.name) },
+        metaOf(options),
+        { kind: plan.kind, state, consistency: 'offline', method: 'offline', memory: { mode: 'no' }, disks: made, durationsMs, downtimeMs: null },
+      );
       await catalog.commit(manifest);
       await catalog.setCurrent(domain.name, name);
       slog.info({ kind: manifest.kind }, 'snapshot committed');
@@ -227,29 +205,22 @@ async function createOnline(
     await catalog.writeJournal(dir, journal);
     faultPoint('commit', { phase: 'start' });
     deps.checkFence?.();
-    const manifest: SnapshotManifest = {
-      version: 1,
-      name,
-      domain: domain.name,
-      createdAt: startedAt.toISOString(),
-      finishedAt: deps.now().toISOString(),
-      origin: options.origin ?? 'adhoc',
-      policy: options.origin === 'policy' ? (options.policy ?? null) : null,
-      kind: result.kind,
-      state: plan.state,
-      consistency: result.consistency,
-      method: result.method,
-      memory: result.memory,
-      disks: result.disks,
-      parent: await catalog.getCurrent(domain.name),
-      durationsMs: result.durationsMs,
-      downtimeMs: result.downtimeMs,
-      ...(options.description !== undefined ? { description: options.description } : {}),
-      ...(result.note !== undefined || result.notes !== undefined ? { notes: [...(result.note !== undefined ? [result.note] : []), ...(result.notes ?? [])] } : {}),
-      ...(options.slot !== undefined ? { slot: options.slot } : {}),
-      ...(options.quiesce === true ? { quiesced: result.quiesced === true } : {}),
-      ...(options.jobId !== undefined ? { jobId: options.jobId } : {}),
-    };
+    const manifest = buildManifest(
+      { name, domain: domain.name, createdAt: startedAt.toISOString(), finishedAt: deps.now().toISOString(), parent: await catalog.getCurrent(domain.name) },
+      metaOf(options),
+      {
+        kind: result.kind,
+        state: plan.state,
+        consistency: result.consistency,
+        method: result.method,
+        memory: result.memory,
+        disks: result.disks,
+        durationsMs: result.durationsMs,
+        downtimeMs: result.downtimeMs,
+        notes: [...(result.note !== undefined ? [result.note] : []), ...(result.notes ?? [])],
+        ...(options.quiesce === true ? { quiesced: result.quiesced === true } : {}),
+      },
+    );
     await catalog.commit(manifest);
     await catalog.setCurrent(domain.name, name);
     slog.info({ kind: manifest.kind, method: manifest.method, downtimeMs: manifest.downtimeMs }, 'snapshot committed');

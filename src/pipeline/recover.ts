@@ -5,10 +5,10 @@ import type { ResolvedDomain } from '../config/load-config.js';
 import { acquireLocalLock } from '../catalog/domain-lock.js';
 import { DELETING_FILE, type Journal } from '../catalog/catalog.js';
 import { pathExists } from '../catalog/fs-safe.js';
-import type { ManifestDisk, SnapshotManifest } from '../domain/model.js';
+import type { ManifestDisk } from '../domain/model.js';
 import { catalogFor, type PipelineDeps } from './context.js';
 import { deleteLocked } from './delete-snapshot.js';
-import type { SnapshotMeta } from './create-snapshot.js';
+import { buildManifest, type SnapshotMeta } from './build-manifest.js';
 
 export interface RecoveryReport {
   domain: string;
@@ -62,28 +62,21 @@ export async function recoverDomain(deps: PipelineDeps, domain: ResolvedDomain):
         report.resumed ||= r.resumed;
         if (r.outcome.kind === 'completed') {
           const res = r.outcome.result;
-          const manifest: SnapshotManifest = {
-            version: 1,
-            name: journal.snapshot,
-            domain: domain.name,
-            createdAt: journal.startedAt,
-            finishedAt: deps.now().toISOString(),
-            origin: meta?.origin ?? 'adhoc',
-            policy: meta?.policy ?? null,
-            ...(meta?.slot !== undefined ? { slot: meta.slot } : {}),
-            ...(meta?.jobId !== undefined ? { jobId: meta.jobId } : {}),
-            ...(meta?.description !== undefined ? { description: meta.description } : {}),
-            kind: res.kind,
-            state: 'running',
-            consistency: res.consistency,
-            method: res.method,
-            memory: res.memory,
-            disks: res.disks,
-            parent: await catalog.getCurrent(domain.name),
-            durationsMs: res.durationsMs,
-            downtimeMs: null,
-            ...(res.note !== undefined ? { notes: [res.note] } : {}),
-          };
+          const manifest = buildManifest(
+            { name: journal.snapshot, domain: domain.name, createdAt: journal.startedAt, finishedAt: deps.now().toISOString(), parent: await catalog.getCurrent(domain.name) },
+            meta ?? { origin: 'adhoc', policy: null },
+            {
+              kind: res.kind,
+              state: 'running',
+              consistency: res.consistency,
+              method: res.method,
+              memory: res.memory,
+              disks: res.disks,
+              durationsMs: res.durationsMs,
+              downtimeMs: null,
+              notes: res.note !== undefined ? [res.note] : [],
+            },
+          );
           await catalog.commit(manifest);
           await catalog.setCurrent(domain.name, manifest.name);
           report.completed.push(journal.snapshot);

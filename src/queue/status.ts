@@ -1,8 +1,8 @@
-import { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import type { ResolvedConfig } from '../config/load-config.js';
 import { catalogFor } from '../pipeline/context.js';
+import type { Redis } from 'ioredis';
 import { QUEUE_PREFIX, queueName, type JobData, type JobResult } from './jobs.js';
+import { QueuePool } from './queue-pool.js';
 import { createRedis, type RedisTarget } from './redis.js';
 import { schedulerId } from '../scheduler/reconcile.js';
 
@@ -45,18 +45,8 @@ export interface StatusReport {
 /** Everything `vmsnap status` shows, read from Redis and the local catalogs. */
 export async function gatherStatus(config: ResolvedConfig, connection: RedisTarget): Promise<StatusReport> {
   const redis = createRedis(connection);
-  const queues = new Map<string, Queue>();
-  const connections: Redis[] = [];
-  const queueFor = (host: string): Queue => {
-    let q = queues.get(host);
-    if (q === undefined) {
-      const c = createRedis(connection);
-      connections.push(c);
-      q = new Queue(queueName(host), { connection: c, prefix: QUEUE_PREFIX });
-      queues.set(host, q);
-    }
-    return q;
-  };
+  const pool = new QueuePool(connection);
+  const queueFor = (host: string) => pool.for(host);
   try {
     const report: StatusReport = { queues: [], schedules: [] };
     for (const { name: host } of config.hosts) {
@@ -96,8 +86,7 @@ export async function gatherStatus(config: ResolvedConfig, connection: RedisTarg
     }
     return report;
   } finally {
-    for (const q of queues.values()) await q.close();
-    for (const c of connections) c.disconnect();
+    await pool.close();
     redis.disconnect();
   }
 }

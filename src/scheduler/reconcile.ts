@@ -1,9 +1,7 @@
-import type { Redis } from 'ioredis';
-import { Queue } from 'bullmq';
 import { CronExpressionParser } from 'cron-parser';
 import type { Logger } from 'pino';
 import type { ResolvedConfig } from '../config/load-config.js';
-import { QUEUE_PREFIX, queueName } from '../queue/jobs.js';
+import { QueuePool } from '../queue/queue-pool.js';
 import { createRedis, type RedisTarget } from '../queue/redis.js';
 import { lastSuccess } from '../queue/status.js';
 
@@ -30,18 +28,8 @@ export async function reconcileSchedulers(
 ): Promise<ReconcileReport> {
   const now = options.now ?? new Date();
   const report: ReconcileReport = { upserted: [], removed: [], catchUp: [] };
-  const queues = new Map<string, Queue>();
-  const connections: Redis[] = [];
-  const queueFor = (host: string): Queue => {
-    let q = queues.get(host);
-    if (q === undefined) {
-      const c = createRedis(connection);
-      connections.push(c);
-      q = new Queue(queueName(host), { connection: c, prefix: QUEUE_PREFIX });
-      queues.set(host, q);
-    }
-    return q;
-  };
+  const pool = new QueuePool(connection);
+  const queueFor = (host: string) => pool.for(host);
   const redis = createRedis(connection);
   try {
     const desired = new Map<string, Set<string>>(config.hosts.map((h) => [h.name, new Set<string>()]));
@@ -103,8 +91,7 @@ export async function reconcileSchedulers(
     options.logger?.info({ upserted: report.upserted.length, removed: report.removed.length, catchUp: report.catchUp.length }, 'schedulers reconciled');
     return report;
   } finally {
-    for (const q of queues.values()) await q.close();
-    for (const c of connections) c.disconnect();
+    await pool.close();
     redis.disconnect();
   }
 }

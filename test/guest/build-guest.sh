@@ -1,34 +1,32 @@
 #!/usr/bin/env bash
-# Build the tiny test guest from Debian packages only: Debian's cloud kernel
-# and busybox-static, in an initramfs whose /init keeps a counter running.
+# Build the tiny test guest from Debian packages only: Debian's cloud kernel,
+# busybox-static and qemu-guest-agent (with the libraries it links), in an
+# initramfs whose /init keeps a counter running.
 #
 #   test/guest/build-guest.sh     build into $VMSNAP_GUEST_DIR (default <repo>/.cache/guest)
 #
-# Output: vmlinuz, initrd.img and stamp (kernel package, its version, and the
-# hash of init.sh and of this build's format). A second run finds the stamp
-# and does nothing, without asking apt anything; editing init.sh rebuilds.
+# Output: vmlinuz, initrd.img and stamp (kernel package, its version, and a
+# hash of init.sh and this script). A second run finds the stamp and does
+# nothing, without asking apt anything; editing either file rebuilds.
 #
 # The guest's /init is init.sh beside this script: it loads the virtio
 # modules, fills and dirties RAM as the kernel command line asks
 # (vmsnap.fill_mb, vmsnap.dirty_mb, vmsnap.tick_ms), prints VMSNAP-READY,
 # then every tick prints "COUNTER n" on the serial console and writes it at
 # offset 0 of every virtio disk. The counter lives in guest RAM only, so a
-# revert of memory brings it back.
+# revert of memory brings it back. When QEMU has a virtio-serial port named
+# org.qemu.guest_agent.0, /init starts qemu-ga on it (the quiesce tests).
 #
 # Runs as root (apt-get download, and apt-get update when the package lists
-# are missing). Needs only dpkg, apt, cpio and gzip; .ko.xz modules are
-# unpacked with the busybox from the package.
+# are missing). Needs only dpkg, apt, cpio, gzip and ldd (libc-bin); .ko.xz
+# modules are unpacked with the busybox from the package.
 set -euo pipefail
-
-# Bump when the initramfs layout changes, so cached guests are rebuilt.
-readonly FORMAT=2
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=${VMSNAP_GUEST_DIR:-$repo/.cache/guest}
 init_src=$here/init.sh
-init_hash=$(sha256sum "$init_src" | cut -c1-16)
-stamp_tail="init=$init_hash format=$FORMAT"
+stamp_tail="guest=$(cat "$init_src" "$here/build-guest.sh" | sha256sum | cut -c1-16)"
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 
@@ -39,8 +37,8 @@ if [[ -f "$out/stamp" && -f "$out/vmlinuz" && -f "$out/initrd.img" ]] \
   exit 0
 fi
 
-for tool in apt-get apt-cache dpkg-deb cpio gzip sha256sum; do
-  command -v "$tool" >/dev/null || die "$tool is missing: apt-get install -y ${tool/dpkg-deb/dpkg}"
+for tool in apt-get apt-cache dpkg-deb cpio gzip ldd; do
+  command -v "$tool" >/dev/null || die "$tool is missing: apt-get install -y $(case $tool in dpkg-deb) echo dpkg ;; ldd) echo libc-bin ;; *) echo "$tool" ;; esac)"
 done
 
 # Everything is built here, next to $out (same file system), and moved into
@@ -58,17 +56,20 @@ kernel_package() {
   apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}'
 }
 
+# qemu-guest-agent and the shared libraries it loads, for the quiesce tests.
+agent_pkgs=(qemu-guest-agent libglib2.0-0 libnuma1 libudev1 liburing2 libpcre2-8-0 libc6)
+
 download() {
   local pkg
   pkg=$(kernel_package) || true
   [[ -n "$pkg" ]] || return 1
-  apt-get download -q "$pkg" busybox-static >/dev/null 2>download.err
+  apt-get download -q "$pkg" busybox-static "${agent_pkgs[@]}" >/dev/null 2>download.err
 }
 
 if ! download; then
   echo "build-guest: download failed, running apt-get update" >&2
   apt-get update -qq || die "apt-get update failed (are the Debian apt sources reachable?)"
-  download || die "cannot download the kernel and busybox-static: $(cat download.err 2>/dev/null)
+  download || die "cannot download the kernel, busybox-static and ${agent_pkgs[*]}: $(cat download.err 2>/dev/null)
   (needs linux-image-cloud-amd64 in the apt sources: Debian main, amd64)"
 fi
 
@@ -79,6 +80,12 @@ kernel_pkg=$(dpkg-deb -f "$kernel_deb" Package)
 kernel_ver=$(dpkg-deb -f "$kernel_deb" Version)
 dpkg-deb -x "$kernel_deb" kernel
 dpkg-deb -x "$busybox_deb" busybox
+mkdir agent
+for p in "${agent_pkgs[@]}"; do
+  deb=$(ls "${p}"_*.deb 2>/dev/null | head -1)
+  [[ -n "$deb" ]] || die "apt-get download left no $p package"
+  dpkg-deb -x "$deb" agent
+done
 
 bb=$work/busybox/bin/busybox
 [[ -x "$bb" ]] || die "$busybox_deb has no bin/busybox"
@@ -97,11 +104,27 @@ cp "$bb" "$root/bin/busybox"
 done
 install -m 0755 "$init_src" "$root/init"
 
+# --- guest agent -------------------------------------------------------------------
+# qemu-ga with exactly the libraries it links, all from the downloaded packages.
+mkdir -p "$root/lib/x86_64-linux-gnu" "$root/lib64"
+cp agent/usr/sbin/qemu-ga "$root/bin/qemu-ga"
+libpath="$work/agent/lib/x86_64-linux-gnu:$work/agent/usr/lib/x86_64-linux-gnu"
+libs=$(LD_LIBRARY_PATH="$libpath" ldd agent/usr/sbin/qemu-ga | awk '/=> \//{print $3}')
+for lib in $libs; do
+  case "$lib" in
+    "$work"/agent/*) cp -L "$lib" "$root/lib/x86_64-linux-gnu/" ;;
+    *) die "qemu-ga needs $lib, which no downloaded package has: add its package to agent_pkgs" ;;
+  esac
+done
+cp -L agent/lib64/ld-linux-x86-64.so.2 "$root/lib64/" 2>/dev/null \
+  || cp -L agent/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$root/lib64/"
+
 # --- kernel modules ------------------------------------------------------------
-# The drivers the guest needs: virtio-pci (the transport) and virtio-blk (the
-# disks). Built into the kernel (=y) they need nothing; as modules (=m) they
-# go into the initramfs with everything they depend on, named NN-name.ko in
-# load order, which /init's `insmod /lib/modules/*.ko` follows.
+# The drivers the guest needs: virtio-pci (the transport), virtio-blk (the
+# disks) and virtio-console (the guest agent's virtio-serial port). Built
+# into the kernel (=y) they need nothing; as modules (=m) they go into the
+# initramfs with everything they depend on, named NN-name.ko in load order,
+# which /init's `insmod /lib/modules/*.ko` follows.
 
 # The file of module $1 (underscores and dashes are the same in module names).
 module_file() {
@@ -157,11 +180,12 @@ need_driver() { # need_driver CONFIG_SYMBOL module
   case "$(grep -E "^$1=" "$config" || true)" in
     "$1=y") echo "build-guest: $2 is built into the kernel" >&2 ;;
     "$1=m") add_module "$2" ;;
-    *) die "the kernel has no $1 (neither built in nor a module): cannot boot from virtio disks" ;;
+    *) die "the kernel has no $1 (neither built in nor a module), which the guest needs" ;;
   esac
 }
 need_driver CONFIG_VIRTIO_PCI virtio_pci
 need_driver CONFIG_VIRTIO_BLK virtio_blk
+need_driver CONFIG_VIRTIO_CONSOLE virtio_console
 
 i=0
 for m in "${order[@]}"; do

@@ -77,26 +77,37 @@ export function pickAccel(): Promise<'kvm' | 'tcg'> {
   if (forced === 'kvm' || forced === 'tcg') return Promise.resolve(forced);
   accel ??= (async () => {
     if (!existsSync('/dev/kvm')) return 'tcg';
-    const { kernel, initrd } = guestArtifacts();
-    const dir = join('/tmp', `vmsnap-kvm-probe-${process.pid}`);
-    await mkdir(dir, { recursive: true });
-    const log = join(dir, 'serial');
-    const probe = execa('qemu-system-x86_64', ['-accel', 'kvm', '-m', '128', '-nodefaults', '-display', 'none', '-no-reboot',
-      '-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet panic=-1', '-serial', `file:${log}`], { reject: false });
-    try {
-      for (let i = 0; i < 100; i++) {
-        if ((await readFile(log, 'utf8').catch(() => '')).includes('VMSNAP-READY')) return 'kvm';
-        if (probe.exitCode !== null) return 'tcg';
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      return 'tcg';
-    } finally {
-      probe.kill('SIGKILL');
-      await probe;
-      await rm(dir, { recursive: true, force: true });
-    }
+    // One probe per boot of this machine: the answer is kept in /tmp for the other test files.
+    const bootId = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => 'unknown')).trim();
+    const cache = join('/tmp', `vmsnap-accel-${bootId}`);
+    const known = (await readFile(cache, 'utf8').catch(() => '')).trim();
+    if (known === 'kvm' || known === 'tcg') return known;
+    const found = await probeKvm();
+    await writeFile(cache, found).catch(() => undefined);
+    return found;
   })();
   return accel;
+}
+
+async function probeKvm(): Promise<'kvm' | 'tcg'> {
+  const { kernel, initrd } = guestArtifacts();
+  const dir = join('/tmp', `vmsnap-kvm-probe-${process.pid}`);
+  await mkdir(dir, { recursive: true });
+  const log = join(dir, 'serial');
+  const probe = execa('qemu-system-x86_64', ['-accel', 'kvm', '-m', '128', '-nodefaults', '-display', 'none', '-no-reboot',
+    '-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet panic=-1', '-serial', `file:${log}`], { reject: false });
+  try {
+    for (let i = 0; i < 100; i++) {
+      if ((await readFile(log, 'utf8').catch(() => '')).includes('VMSNAP-READY')) return 'kvm';
+      if (probe.exitCode !== null) return 'tcg';
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return 'tcg';
+  } finally {
+    probe.kill('SIGKILL');
+    await probe;
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 128, guest?: GuestOptions, opts: { randomRam?: boolean } = {}): Promise<BareVm> {
