@@ -314,3 +314,36 @@ export class QmpProxy {
     await new Promise<void>((r) => (this.server === undefined ? r() : this.server.close(() => r())));
   }
 }
+
+/**
+ * A vmsnap config with one qemu domain on a test VM, host "hv1": what every
+ * VM test writes, in one place.
+ */
+export function vmConfig(opts: {
+  domain: string;
+  vm: BareVm;
+  disks: readonly BareVmDisk[];
+  snapshotRoot: string;
+  /** Default the VM's own QMP socket (a proxy in some tests). */
+  qmpSocket?: string;
+  launch?: boolean;
+  agent?: boolean;
+  stateDir?: string;
+  /** YAML appended at the end (policies). */
+  extra?: string;
+}): string {
+  const lines = [
+    ...(opts.stateDir !== undefined ? [`stateDir: ${opts.stateDir}`] : []),
+    'hosts: [{ name: hv1 }]',
+    'domains:',
+    `  - name: ${opts.domain}`,
+    '    driver: qemu',
+    `    qmpSocket: ${opts.qmpSocket ?? opts.vm.qmpSocket}`,
+    `    snapshotRoot: ${opts.snapshotRoot}`,
+    ...(opts.agent === true ? [`    guestAgentSocket: ${opts.vm.agentSocket}`] : []),
+    ...(opts.launch === true ? [`    launch: [${opts.vm.launch.join(', ')}]`] : []),
+    '    disks:',
+    ...opts.disks.map((d) => `      - { target: ${d.id}, path: ${d.path}, format: ${d.format} }`),
+  ];
+  return `${lines.join('\n')}\n${opts.extra ?? ''}`;
+}

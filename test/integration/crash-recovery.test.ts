@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/catalog/catalog.js';
-import { createBareVm, type BareVm } from '../helpers/bare-vm.js';
+import { createBareVm, vmConfig, type BareVm, type BareVmDisk } from '../helpers/bare-vm.js';
 import { checkChain, createImage } from '../helpers/images.js';
 import { vmsnap, vmsnapBinary } from '../helpers/cli.js';
 
@@ -30,25 +30,13 @@ beforeEach(async () => {
   await mkdir(root);
   await createImage(vda, 'qcow2', '64M');
   await createImage(vdb, 'raw', '8M');
-  vm = await createBareVm(join(base, 'vm'), [
+  const disks: BareVmDisk[] = [
     { id: 'vda', path: vda, format: 'qcow2' },
     { id: 'vdb', path: vdb, format: 'raw' },
-  ]);
+  ];
+  vm = await createBareVm(join(base, 'vm'), disks);
   await vm.start();
-  await writeFile(
-    cfg,
-    `hosts: [{ name: hv1 }]
-domains:
-  - name: vm1
-    driver: qemu
-    qmpSocket: ${vm.qmpSocket}
-    snapshotRoot: ${root}
-    launch: [${vm.launch.join(', ')}]
-    disks:
-      - { target: vda, path: ${vda}, format: qcow2 }
-      - { target: vdb, path: ${vdb}, format: raw }
-`,
-  );
+  await writeFile(cfg, vmConfig({ domain: 'vm1', vm, disks, snapshotRoot: root, launch: true }));
 });
 
 afterEach(async () => {

@@ -12,7 +12,7 @@ import { QUEUE_PREFIX, queueName } from '../../src/queue/jobs.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from '../../src/queue/redis.js';
 import { startWorker } from '../../src/queue/worker.js';
 import type { RecoveryReport } from '../../src/pipeline/recover.js';
-import { createBareVm, type BareVm } from '../helpers/bare-vm.js';
+import { createBareVm, vmConfig, type BareVm } from '../helpers/bare-vm.js';
 import { checkChain, createImage } from '../helpers/images.js';
 import { BIN } from '../helpers/cli.js';
 
@@ -35,18 +35,7 @@ beforeAll(async () => {
   await vm.start();
   redis = await startEmbeddedRedis(join(base, 'state'));
   cfg = join(base, 'vmsnap.yaml');
-  await writeFile(
-    cfg,
-    `stateDir: ${join(base, 'state')}
-hosts: [{ name: hv1 }]
-domains:
-  - name: vm1
-    driver: qemu
-    qmpSocket: ${vm.qmpSocket}
-    snapshotRoot: ${join(base, 'snaps')}
-    disks: [{ target: vda, path: ${vda}, format: qcow2 }]
-`,
-  );
+  await writeFile(cfg, vmConfig({ domain: 'vm1', vm, disks: [{ id: 'vda', path: vda, format: 'qcow2' }], snapshotRoot: join(base, 'snaps'), stateDir: join(base, 'state') }));
 });
 
 afterAll(async () => {

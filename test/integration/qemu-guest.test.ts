@@ -8,7 +8,7 @@ import { createQemuDriver } from '../../src/hypervisor/qemu/qemu-driver.js';
 import { createSnapshot } from '../../src/pipeline/create-snapshot.js';
 import { createPipelineDeps } from '../../src/cli/deps.js';
 import { Catalog } from '../../src/catalog/catalog.js';
-import { createBareVm, type BareVm } from '../helpers/bare-vm.js';
+import { createBareVm, vmConfig, type BareVm, type BareVmDisk } from '../helpers/bare-vm.js';
 import { checkChain, createImage } from '../helpers/images.js';
 import { vmsnap } from '../helpers/cli.js';
 
@@ -43,22 +43,11 @@ beforeAll(async () => {
     256,
     { fillMiB: 64, dirtyMiB: 16, tickMs: 100 },
   );
-  await writeFile(
-    cfgPath,
-    `hosts:
-  - name: hv1
-domains:
-  - name: guest1
-    driver: qemu
-    qmpSocket: ${vm.qmpSocket}
-    snapshotRoot: ${root}
-    guestAgentSocket: ${vm.agentSocket}
-    launch: [${vm.launch.join(', ')}]
-    disks:
-      - { target: vda, path: ${vda}, format: qcow2 }
-      - { target: vdb, path: ${vdb}, format: raw }
-`,
-  );
+  const disks: BareVmDisk[] = [
+    { id: 'vda', path: vda, format: 'qcow2' },
+    { id: 'vdb', path: vdb, format: 'raw' },
+  ];
+  await writeFile(cfgPath, vmConfig({ domain: 'guest1', vm, disks, snapshotRoot: root, launch: true, agent: true }));
   await vm.start();
   await vm.waitForCounterAbove(2, 90_000);
 });

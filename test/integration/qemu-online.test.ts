@@ -11,7 +11,7 @@ import { createSnapshot } from '../../src/pipeline/create-snapshot.js';
 import { createPipelineDeps } from '../../src/cli/deps.js';
 import { Catalog } from '../../src/catalog/catalog.js';
 import type { SnapshotManifest } from '../../src/domain/model.js';
-import { createBareVm, QmpProxy, type BareVm } from '../helpers/bare-vm.js';
+import { createBareVm, QmpProxy, vmConfig, type BareVm, type BareVmDisk } from '../helpers/bare-vm.js';
 import { checkChain, createImage } from '../helpers/images.js';
 import { vmsnap } from '../helpers/cli.js';
 
@@ -29,21 +29,11 @@ let vda: string;
 let vdb: string;
 
 async function writeConfig(qmpSocket: string, snapshotRoot: string): Promise<void> {
-  await writeFile(
-    cfgPath,
-    `hosts:
-  - name: hv1
-domains:
-  - name: vm1
-    driver: qemu
-    qmpSocket: ${qmpSocket}
-    snapshotRoot: ${snapshotRoot}
-    launch: [${vm.launch.join(', ')}]
-    disks:
-      - { target: vda, path: ${vda}, format: qcow2 }
-      - { target: vdb, path: ${vdb}, format: raw }
-`,
-  );
+  const disks: BareVmDisk[] = [
+    { id: 'vda', path: vda, format: 'qcow2' },
+    { id: 'vdb', path: vdb, format: 'raw' },
+  ];
+  await writeFile(cfgPath, vmConfig({ domain: 'vm1', vm, disks, snapshotRoot, qmpSocket, launch: true }));
 }
 
 async function cli(...args: string[]) {

@@ -10,7 +10,7 @@ import { createPipelineDeps } from '../../src/cli/deps.js';
 import { QUEUE_PREFIX, queueName, type JobResult } from '../../src/queue/jobs.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from '../../src/queue/redis.js';
 import { startWorker } from '../../src/queue/worker.js';
-import { createBareVm, type BareVm } from '../helpers/bare-vm.js';
+import { createBareVm, vmConfig, type BareVm } from '../helpers/bare-vm.js';
 import { createImage } from '../helpers/images.js';
 
 /**
@@ -33,17 +33,7 @@ beforeAll(async () => {
   await vm.start();
   redis = await startEmbeddedRedis(join(base, 'state'));
   cfg = join(base, 'vmsnap.yaml');
-  await writeFile(
-    cfg,
-    `hosts: [{ name: hv1 }]
-domains:
-  - name: vm1
-    driver: qemu
-    qmpSocket: ${vm.qmpSocket}
-    snapshotRoot: ${join(base, 'snaps')}
-    disks: [{ target: vda, path: ${vda}, format: qcow2 }]
-`,
-  );
+  await writeFile(cfg, vmConfig({ domain: 'vm1', vm, disks: [{ id: 'vda', path: vda, format: 'qcow2' }], snapshotRoot: join(base, 'snaps') }));
 });
 
 afterAll(async () => {

@@ -11,7 +11,7 @@ import { createPipelineDeps } from '../../src/cli/deps.js';
 import { createSnapshot } from '../../src/pipeline/create-snapshot.js';
 import { QUEUE_PREFIX, queueName } from '../../src/queue/jobs.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from '../../src/queue/redis.js';
-import { createBareVm, type BareVm } from '../helpers/bare-vm.js';
+import { createBareVm, vmConfig, type BareVm } from '../helpers/bare-vm.js';
 import { checkChain, createImage } from '../helpers/images.js';
 import { BIN } from '../helpers/cli.js';
 
@@ -48,16 +48,14 @@ beforeAll(async () => {
   cfg = join(base, 'vmsnap.yaml');
   await writeFile(
     cfg,
-    `stateDir: ${join(base, 'state')}
-hosts: [{ name: hv1 }]
-domains:
-  - name: g1
-    driver: qemu
-    qmpSocket: ${vm.qmpSocket}
-    snapshotRoot: ${root()}
-    launch: [${vm.launch.join(', ')}]
-    disks: [{ target: vda, path: ${vda}, format: qcow2 }]
-policies:
+    vmConfig({
+      domain: 'g1',
+      vm,
+      disks: [{ id: 'vda', path: vda, format: 'qcow2' }],
+      snapshotRoot: root(),
+      stateDir: join(base, 'state'),
+      launch: true,
+      extra: `policies:
   - name: keep1
     schedule: "0 0 1 1 *"
     catchUp: skip
@@ -66,6 +64,7 @@ policies:
     retention: { keepLast: 1 }
     domains: [g1]
 `,
+    }),
   );
 });
 
