@@ -12,6 +12,7 @@ need qemu-io qemu-utils
 need qemu-system-x86_64 qemu-system-x86
 need redis-server redis-server
 need cpio cpio
+need mkfs.btrfs btrfs-progs
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing ${pkgs[*]}; run as root or: sudo apt-get install -y ${pkgs[*]}" >&2
