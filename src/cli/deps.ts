@@ -3,6 +3,7 @@ import { VmsnapError } from '../errors.js';
 import type { ResolvedDomain } from '../config/load-config.js';
 import type { HypervisorDriver } from '../hypervisor/driver.js';
 import { createQemuDriver } from '../hypervisor/qemu/qemu-driver.js';
+import { createXenDriver } from '../hypervisor/xen/xen-driver.js';
 import type { PipelineDeps, ProgressEvent } from '../pipeline/context.js';
 import { createBackends } from '../storage/create-backend.js';
 
@@ -18,6 +19,8 @@ export function createPipelineDeps(logger: Logger, onProgress?: (e: ProgressEven
       switch (domain.driver) {
         case 'qemu':
           return createQemuDriver(domain, { logger });
+        case 'xen':
+          return createXenDriver(domain, { logger });
         default:
           throw new VmsnapError('unavailable', `domain ${domain.name}: the ${domain.driver} driver is not available in this version of vmsnap`, {
             retryable: false,
