@@ -1,4 +1,4 @@
-import { open, stat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { connect } from 'node:net';
 import { execa, type Options } from 'execa';
@@ -10,7 +10,8 @@ import { FILE_MODE, fsyncPath } from '../../catalog/fs-safe.js';
 import { QemuImg } from '../../storage/qcow2/qemu-img.js';
 import type { HypervisorDriver, OnlineSnapshotRequest, RevertRequest } from '../driver.js';
 import { QemuMonitor, shellQuotePath } from './qemu-monitor.js';
-import { createQemuSnapshot, isInstalledOverlayOf } from './qemu-snapshot.js';
+import { createQemuSnapshot, findDevice, matchDevice } from './qemu-snapshot.js';
+import { assertMemoryImage, revertDisks } from '../driver-steps.js';
 import { recoverQemuCreate } from './qemu-recover.js';
 import { faultPoint } from '../../fault.js';
 
@@ -141,12 +142,7 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
       if ((await getState()) === 'shutoff') await start({ paused: true });
       await withMonitor(async (mon) => {
         const devices = await mon.blockDevices();
-        const nodeOf = (target: string): string => {
-          const path = domain.disks.find((x) => x.target === target)?.path ?? '';
-          const dev = devices.find((d) => d.id === target) ?? devices.find((d) => d.filename === path || isInstalledOverlayOf(d.filename, path));
-          if (dev === undefined) throw new VmsnapError('conflict', `domain ${domain.name}: QEMU has no block device "${target}" to load the snapshot into`);
-          return dev.nodeName;
-        };
+        const nodeOf = (target: string): string => findDevice(domain, devices, { target, path: domain.disks.find((x) => x.target === target)?.path ?? '' }).nodeName;
         const internal = manifest.disks.filter((d) => d.mode === 'internal');
         req.onProgress?.({ step: 'load' });
         await mon.runJob(
@@ -158,35 +154,25 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
       });
       return;
     }
-    if (memory.mode !== 'external') throw new VmsnapError('internal', 'revertFullSystem called for a disk-only snapshot');
-    const st = await stat(memory.file).catch(() => undefined);
-    if (st === undefined || st.size !== memory.bytes) {
-      throw new VmsnapError('not-found', `snapshot ${manifest.name}: memory image ${memory.file} is ${st === undefined ? 'missing' : `${st.size} bytes, not ${memory.bytes}`}`);
-    }
+    const image = await assertMemoryImage(manifest);
     if (domain.launch === undefined) {
       throw new VmsnapError('config', `domain ${domain.name} has no "launch" command in the config; reverting to a snapshot with a memory file restarts QEMU with -incoming and needs it`);
     }
     req.onProgress?.({ step: 'stop' });
     await destroy();
     faultPoint('revert:stopped', undefined);
-    for (const entry of manifest.disks) {
-      if (entry.mode === 'no') continue;
-      const disk = domain.disks.find((d) => d.target === entry.target);
-      if (disk === undefined) throw new VmsnapError('conflict', `domain ${domain.name} no longer has disk ${entry.target}`);
-      req.onProgress?.({ step: `revert:${entry.target}` });
-      await req.backends[disk.backend].revert(disk, entry);
-    }
+    await revertDisks(domain, manifest, req.backends, req.onProgress);
     req.onProgress?.({ step: 'load' });
     await launch(['-S', '-incoming', 'defer']);
     await withMonitor(async (mon) => {
-      await mon.execute('migrate-incoming', { uri: `exec:cat ${shellQuotePath(memory.file)}` });
+      await mon.execute('migrate-incoming', { uri: `exec:cat ${shellQuotePath(image.file)}` });
       const deadline = Date.now() + saveTimeoutMs;
       for (;;) {
         const s = await mon.status();
         const m = await mon.migration();
-        if (m.status === 'failed') throw new VmsnapError('qmp', `loading ${memory.file} failed${m.errorDesc !== undefined ? `: ${m.errorDesc}` : ''}`);
+        if (m.status === 'failed') throw new VmsnapError('qmp', `loading ${image.file} failed${m.errorDesc !== undefined ? `: ${m.errorDesc}` : ''}`);
         if (s.status !== 'inmigrate' && m.status === 'completed') break;
-        if (Date.now() > deadline) throw new VmsnapError('timeout', `loading ${memory.file} did not finish within ${saveTimeoutMs} ms`);
+        if (Date.now() > deadline) throw new VmsnapError('timeout', `loading ${image.file} did not finish within ${saveTimeoutMs} ms`);
         await sleep(100);
       }
       await setRunState(mon, req.targetState);
@@ -210,8 +196,7 @@ export function createQemuDriver(domain: QemuDomain, options: QemuDriverOptions 
     const handled: ManifestDisk[] = [];
     await withMonitor(async (mon) => {
       const devices = await mon.blockDevices();
-      const deviceFor = (entry: ManifestDisk) =>
-        devices.find((d) => d.id === entry.target) ?? devices.find((d) => d.filename === entry.path || isInstalledOverlayOf(d.filename, entry.path));
+      const deviceFor = (entry: ManifestDisk) => matchDevice(devices, entry);
       const internal = manifest.disks.filter((d) => d.mode === 'internal');
       for (const e of internal) {
         const dev = deviceFor(e);

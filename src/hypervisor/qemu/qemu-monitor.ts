@@ -134,10 +134,6 @@ export class QemuMonitor {
     return chain;
   }
 
-  async chainNodes(topNode: string): Promise<string[]> {
-    return (await this.chain(topNode)).map((c) => c.node);
-  }
-
   /**
    * Release nodes a block job dropped from the chain. Nodes the monitor
    * created (-blockdev, blockdev-add) outlive the job and keep their image

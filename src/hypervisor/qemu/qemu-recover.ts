@@ -105,14 +105,16 @@ export async function recoverQemuCreate(
   };
   const moved: Freeze[] = [];
   for (const f of freezes) if (await inUse(f)) moved.push(f);
-  const tagsExist = async (): Promise<boolean> => {
-    for (const d of internalTargets) {
-      const chain = await img.chain(d.path, { shared: true }).catch(() => []);
-      if (!chain.some((i) => i.snapshots?.some((t) => t.name === tag))) return false;
+  // The run's internal tags are on every internal disk (read once; recovery changes no tag before using this).
+  let tagged = internalTargets.length > 0;
+  for (const d of internalTargets) {
+    const chain = await img.chain(d.path, { shared: true }).catch(() => []);
+    if (!chain.some((i) => i.snapshots?.some((t) => t.name === tag))) {
+      tagged = false;
+      break;
     }
-    return internalTargets.length > 0;
-  };
-  const internalDone = facts.method === 'internal' ? await tagsExist() : false;
+  }
+  const internalDone = facts.method === 'internal' && tagged;
 
   if (moved.length > 0 || internalDone) {
     for (const f of moved) {
@@ -128,7 +130,7 @@ export async function recoverQemuCreate(
       if (f !== undefined) {
         const info = await img.info(f.frozen, { shared: true });
         disks.push(await describeExternalFile(d, 'qcow2-external', f.frozen, { backing: info['full-backing-filename'] ?? null }));
-      } else if (d.mode === 'internal' && (await tagsExist())) {
+      } else if (d.mode === 'internal' && tagged) {
         disks.push({ target: d.target, path: d.path, format: d.format, mode: 'internal', method: 'qcow2-internal', tag });
       } else if (copy !== undefined) {
         disks.push(copy);

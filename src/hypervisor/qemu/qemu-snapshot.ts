@@ -14,6 +14,7 @@ import type { QemuImg } from '../../storage/qcow2/qemu-img.js';
 import { tempBeside } from '../../storage/replace-file.js';
 import type { OnlineSnapshotRequest, OnlineSnapshotResult } from '../driver.js';
 import { GuestAgent } from './guest-agent.js';
+import { stepRunner } from '../driver-steps.js';
 import { shellQuotePath, type BlockDevice, type MigrationInfo, type QemuMonitor } from './qemu-monitor.js';
 
 /**
@@ -65,19 +66,7 @@ export async function createQemuSnapshot(
   const { plan } = req;
   const durationsMs: Record<string, number> = {};
   const files: string[] = [];
-  const timed = async <T>(step: string, fn: () => Promise<T>): Promise<T> => {
-    req.onProgress?.({ step });
-    await req.journal(step, { phase: 'start' });
-    const t0 = performance.now();
-    try {
-      const out = await fn();
-      durationsMs[step] = Math.round(performance.now() - t0);
-      await req.journal(step, { phase: 'done' });
-      return out;
-    } catch (err) {
-      throw atStep(step, err);
-    }
-  };
+  const timed = stepRunner(req, durationsMs);
 
   const status = await mon.status();
   const wasRunning = status.running;
@@ -436,8 +425,13 @@ export async function createQemuSnapshot(
   }
 }
 
+/** QEMU's device for a disk: by device id (the disk's target), else by the file QEMU has open. */
+export function matchDevice(devices: readonly BlockDevice[], disk: Pick<ResolvedDiskPlan, 'target' | 'path'>): BlockDevice | undefined {
+  return devices.find((d) => d.id === disk.target) ?? devices.find((d) => d.filename === disk.path || isInstalledOverlayOf(d.filename, disk.path));
+}
+
 export function findDevice(domain: QemuDomain, devices: BlockDevice[], disk: Pick<ResolvedDiskPlan, 'target' | 'path'>): BlockDevice {
-  const dev = devices.find((d) => d.id === disk.target) ?? devices.find((d) => d.filename === disk.path || isInstalledOverlayOf(d.filename, disk.path));
+  const dev = matchDevice(devices, disk);
   if (dev === undefined) {
     const seen = devices.map((d) => `${d.id || '?'}=${d.filename}`).join(', ') || 'none';
     throw new VmsnapError(
@@ -449,7 +443,7 @@ export function findDevice(domain: QemuDomain, devices: BlockDevice[], disk: Pic
 }
 
 /** QEMU keeps the temporary name of an overlay vmsnap later renamed to the disk's path. */
-export function isInstalledOverlayOf(qemuFilename: string, diskPath: string): boolean {
+function isInstalledOverlayOf(qemuFilename: string, diskPath: string): boolean {
   const prefix = tempBeside(diskPath, 'overlay-');
   return qemuFilename.startsWith(prefix) && /^[0-9a-f]{12}$/.test(qemuFilename.slice(prefix.length));
 }

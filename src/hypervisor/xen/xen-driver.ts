@@ -1,7 +1,7 @@
-import { chmod, stat } from 'node:fs/promises';
+import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { VmsnapError, atStep } from '../../errors.js';
+import { VmsnapError } from '../../errors.js';
 import type { XenDomain } from '../../config/load-config.js';
 import type { DomainState, ManifestDisk, SnapshotManifest } from '../../domain/model.js';
 import { FILE_MODE, removeFileIfPresent } from '../../catalog/fs-safe.js';
@@ -10,6 +10,7 @@ import { faultPoint } from '../../fault.js';
 import type { HypervisorDriver, OnlineSnapshotRequest, OnlineSnapshotResult, RevertRequest } from '../driver.js';
 import type { RecoveredCreate } from '../qemu/qemu-recover.js';
 import { describeMemory } from '../qemu/qemu-snapshot.js';
+import { assertMemoryImage, revertDisks, stepRunner } from '../driver-steps.js';
 
 /**
  * Xen through `xl`, following the xl snapshot design: pause, `xl save -p`
@@ -52,19 +53,7 @@ export function createXenDriver(domain: XenDomain, options: { logger: Logger; ti
     const memFile = join(req.dir, MEMORY_FILE);
     const wasRunning = (await getState()) === 'running';
     let pausedByUs = false;
-    const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
-      req.onProgress?.({ step: name });
-      await req.journal(name, { phase: 'start' });
-      const t0 = performance.now();
-      try {
-        const out = await fn();
-        durationsMs[name] = Math.round(performance.now() - t0);
-        await req.journal(name, { phase: 'done' });
-        return out;
-      } catch (err) {
-        throw atStep(name, err);
-      }
-    };
+    const step = stepRunner(req, durationsMs);
     await req.journal('online', { wasRunning, method: 'xl-save', memory: plan.memory, memoryFile: memFile, disks: plan.disks.map((d) => ({ target: d.target, path: d.path, format: d.format, backend: d.backend, mode: d.mode })) });
     const t0 = Date.now();
     try {
@@ -117,24 +106,13 @@ export function createXenDriver(domain: XenDomain, options: { logger: Logger; ti
   }
 
   async function revertFullSystem(manifest: SnapshotManifest, req: RevertRequest): Promise<void> {
-    if (manifest.memory.mode !== 'external') throw new VmsnapError('internal', 'xen revert needs a memory file');
-    const memory = manifest.memory;
-    const st = await stat(memory.file).catch(() => undefined);
-    if (st === undefined || st.size !== memory.bytes) {
-      throw new VmsnapError('not-found', `snapshot ${manifest.name}: memory image ${memory.file} is ${st === undefined ? 'missing' : 'changed in size'}`);
-    }
+    const memory = await assertMemoryImage(manifest);
     if ((await getState()) !== 'shutoff') {
       req.onProgress?.({ step: 'stop' });
       await xl(['destroy', domain.xlName]);
     }
     faultPoint('revert:stopped', undefined);
-    for (const entry of manifest.disks) {
-      if (entry.mode === 'no') continue;
-      const disk = domain.disks.find((d) => d.target === entry.target);
-      if (disk === undefined) throw new VmsnapError('conflict', `domain ${domain.name} no longer has disk ${entry.target}`);
-      req.onProgress?.({ step: `revert:${entry.target}` });
-      await req.backends[disk.backend].revert(disk, entry);
-    }
+    await revertDisks(domain, manifest, req.backends, req.onProgress);
     req.onProgress?.({ step: 'restore' });
     await xl(['restore', ...(req.targetState === 'paused' ? ['-p'] : []), memory.file]);
   }
