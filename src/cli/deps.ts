@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
-import { VmsnapError } from '../errors.js';
 import type { ResolvedDomain } from '../config/load-config.js';
 import type { HypervisorDriver } from '../hypervisor/driver.js';
 import { createQemuDriver } from '../hypervisor/qemu/qemu-driver.js';
+import { createLibvirtDriver } from '../hypervisor/libvirt/libvirt-driver.js';
 import { createXenDriver } from '../hypervisor/xen/xen-driver.js';
 import type { PipelineDeps, ProgressEvent } from '../pipeline/context.js';
 import { createBackends } from '../storage/create-backend.js';
@@ -21,10 +21,8 @@ export function createPipelineDeps(logger: Logger, onProgress?: (e: ProgressEven
           return createQemuDriver(domain, { logger });
         case 'xen':
           return createXenDriver(domain, { logger });
-        default:
-          throw new VmsnapError('unavailable', `domain ${domain.name}: the ${domain.driver} driver is not available in this version of vmsnap`, {
-            retryable: false,
-          });
+        case 'libvirt':
+          return createLibvirtDriver(domain, { logger });
       }
     },
   };

@@ -12,7 +12,7 @@ export type BackendName = 'qcow2' | 'file' | 'btrfs';
 export type SnapshotKind = 'full' | 'disk-only';
 
 /** How a disk was captured; decided by the backend or driver that did it. */
-export type DiskMethod = 'qcow2-internal' | 'qcow2-external' | 'file-copy' | 'btrfs-snapshot';
+export type DiskMethod = 'qcow2-internal' | 'qcow2-external' | 'file-copy' | 'btrfs-snapshot' | 'libvirt-internal' | 'libvirt-external';
 
 /**
  * What the data in a snapshot can be trusted to be:
@@ -29,7 +29,12 @@ export interface DiskRef {
   backend: BackendName;
 }
 
-/** One disk in a manifest. `file` is the snapshot's own file for external modes. */
+/**
+ * One disk in a manifest. `file` is the snapshot's own file for external modes.
+ * libvirt-external is libvirt's layout: `file` is the overlay libvirt made in
+ * the snapshot's folder (the writes after the snapshot) and `backing` the image
+ * it froze, which holds the snapshot's data.
+ */
 export interface ManifestDisk {
   target: string;
   /** The configured (active) image path at snapshot time. */

@@ -20,6 +20,15 @@ export interface ResolvedDiskPlan extends DiskRef {
   file?: string;
 }
 
+/** What the domain's hypervisor can do, where it changes the defaults. */
+export interface HypervisorRules {
+  /**
+   * Internal disk snapshots of a running domain only come with internal memory
+   * (libvirt): its disks default to external unless memory goes inside qcow2.
+   */
+  externalDisksWhenRunning?: boolean;
+}
+
 export interface ResolvedSnapshotPlan {
   kind: SnapshotKind;
   state: DomainState;
@@ -45,6 +54,7 @@ export function resolveSnapshotSpec(
   state: DomainState,
   disks: readonly DiskRef[],
   options: SnapshotOptions,
+  rules: HypervisorRules = {},
 ): ResolvedSnapshotPlan {
   const notes: string[] = [];
   const requested = options.disks ?? {};
@@ -59,8 +69,9 @@ export function resolveSnapshotSpec(
 
   const planDisks = disks.map((disk): ResolvedDiskPlan => {
     const req = requested[disk.target];
-    const mode = req?.mode ?? defaultDiskMode(disk, memory);
-    if (req === undefined) notes.push(`disk ${disk.target}: ${mode} (default for ${disk.format})`);
+    const hypervisorRule = rules.externalDisksWhenRunning === true && state !== 'shutoff' && memory !== 'internal';
+    const mode = req?.mode ?? (hypervisorRule ? 'external' : defaultDiskMode(disk, memory));
+    if (req === undefined) notes.push(`disk ${disk.target}: ${mode} (default for ${hypervisorRule ? 'this hypervisor with a running domain' : disk.format})`);
     if (mode === 'internal' && disk.format !== 'qcow2') {
       throw invalid(
         `disk ${disk.target}: internal snapshots need a qcow2 image and ${disk.path} is ${disk.format}; use --disk ${disk.target}=external`,

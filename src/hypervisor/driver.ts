@@ -1,5 +1,5 @@
 import type { Consistency, DomainState, SnapshotKind, ManifestDisk, ManifestMemory, SnapshotManifest } from '../domain/model.js';
-import type { ResolvedSnapshotPlan } from '../domain/resolve-spec.js';
+import type { HypervisorRules, ResolvedSnapshotPlan } from '../domain/resolve-spec.js';
 import type { BackendName } from '../domain/model.js';
 import type { StorageBackend } from '../storage/backend.js';
 import type { Journal } from '../catalog/catalog.js';
@@ -55,12 +55,30 @@ export interface RevertRequest {
 }
 
 /**
+ * A driver whose hypervisor keeps the disk chains itself (libvirt): the
+ * pipeline hands it every create (also of a shut-off domain), revert and
+ * delete, and never runs the storage backends on its disks.
+ */
+export interface DriverStorage {
+  /** Defaults the hypervisor imposes on snapshot plans. */
+  readonly rules: HypervisorRules;
+  /** Throw if `revert` would fail; read-only. */
+  checkRevert(manifest: SnapshotManifest): Promise<void>;
+  /** Disks back to the snapshot without its memory; the domain is left in `targetState`. */
+  revert(manifest: SnapshotManifest, targetState: DomainState): Promise<void>;
+  /** Remove the snapshot's disk data, keeping every other snapshot and the active disk whole. */
+  delete(manifest: SnapshotManifest, others: readonly SnapshotManifest[]): Promise<void>;
+}
+
+/**
  * What vmsnap needs from a hypervisor. `getState` is all the offline path
  * uses; the online operations run on a running or paused domain (or, for
  * revert, bring the domain back up with the snapshot's memory).
  */
 export interface HypervisorDriver {
   readonly name: 'qemu' | 'libvirt' | 'xen';
+  /** Set when the hypervisor owns the disk chains (see DriverStorage). */
+  readonly storage?: DriverStorage;
   getState(): Promise<DomainState>;
   createOnline(request: OnlineSnapshotRequest): Promise<OnlineSnapshotResult>;
   /** Restore memory and disks; the domain may be running, paused or shut off. */

@@ -62,13 +62,14 @@ export async function createSnapshot(
   const catalog = catalogFor(domain);
   const log = deps.logger.child({ domain: domain.name });
   // Refuse impossible requests before anything is created on disk; re-checked under the lock.
-  resolveSnapshotSpec(await deps.driverFor(domain).getState(), diskRefs(domain), options);
+  const probe = deps.driverFor(domain);
+  resolveSnapshotSpec(await probe.getState(), diskRefs(domain), options, probe.storage?.rules);
   const domainDir = await catalog.ensureDomainDir(domain.name);
   const release = await acquireLocalLock(domainDir, 'snapshot create');
   try {
     const driver = deps.driverFor(domain);
     const state = await driver.getState();
-    const plan = resolveSnapshotSpec(state, diskRefs(domain), options);
+    const plan = resolveSnapshotSpec(state, diskRefs(domain), options, driver.storage?.rules);
     const listing = await catalog.list(domain.name);
     const taken = new Set([...listing.snapshots.map((s) => s.name), ...listing.partial.map((p) => p.name)]);
     const startedAt = deps.now();
@@ -77,7 +78,11 @@ export async function createSnapshot(
       throw new VmsnapError('conflict', `domain ${domain.name} already has a snapshot named "${name}"; choose another --name`);
     }
     if (options.dryRun === true) return { domain: domain.name, name, dryRun: true, plan };
-    if (state !== 'shutoff') {
+    // A hypervisor that keeps its own disk chains (libvirt) takes shut-off domains' snapshots too.
+    if (state !== 'shutoff' || driver.storage !== undefined) {
+      if (state === 'shutoff' && options.halt === true) {
+        throw new VmsnapError('invalid-spec', `domain ${domain.name} is already shut off; drop --halt`);
+      }
       return { domain: domain.name, name, dryRun: false, plan, manifest: await createOnline(deps, domain, plan, name, startedAt, options) };
     }
     if (options.halt === true) {

@@ -51,7 +51,15 @@ export async function deleteLocked(
   // frozen images in its active chain); the backends do the rest.
   const driver = deps.driverFor(domain);
   let handled: readonly { target: string }[] = [];
-  if ((await driver.getState()) !== 'shutoff') {
+  if (driver.storage !== undefined) {
+    deps.onProgress?.({ step: 'delete:disks' });
+    try {
+      await driver.storage.delete(manifest, others);
+    } catch (err) {
+      throw atStep('delete:disks', err);
+    }
+    handled = manifest.disks;
+  } else if ((await driver.getState()) !== 'shutoff') {
     deps.onProgress?.({ step: 'delete:online' });
     try {
       handled = await driver.deleteOnline(manifest);

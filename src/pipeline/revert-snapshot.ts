@@ -96,7 +96,14 @@ export async function revertLocked(
     throw new VmsnapError('usage', '--running and --paused contradict each other; give one');
   }
   // Everything is checked before the domain is touched: a revert that cannot finish must not stop it.
-  for (const { entry, disk } of disks) {
+  if (driver.storage !== undefined) {
+    try {
+      await driver.storage.checkRevert(manifest);
+    } catch (err) {
+      throw atStep('revert:check', err);
+    }
+  }
+  for (const { entry, disk } of driver.storage === undefined ? disks : []) {
     if (restoresMemory && manifest.memory.mode === 'internal') break; // QEMU's snapshot-load checks its own
     try {
       await deps.backends[disk.backend].checkRevert(disk, entry);
@@ -126,6 +133,16 @@ export async function revertLocked(
     for (const d of manifest.disks) report.disks.push({ target: d.target, reverted: d.mode !== 'no' });
     report.state = targetState;
     log.info({ state: targetState }, 'reverted with memory');
+  } else if (driver.storage !== undefined) {
+    deps.onProgress?.({ step: 'revert:disks' });
+    try {
+      await driver.storage.revert(manifest, wanted);
+    } catch (err) {
+      throw atStep('revert:disks', err);
+    }
+    for (const d of manifest.disks) report.disks.push({ target: d.target, reverted: d.mode !== 'no' });
+    report.state = wanted;
+    log.info({ state: wanted }, 'reverted disks');
   } else {
     if (state !== 'shutoff') {
       deps.onProgress?.({ step: 'stop' });

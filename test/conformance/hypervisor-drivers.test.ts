@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { findDomain, loadConfig } from '../../src/config/load-config.js';
 import { createBareVm, vmConfig } from '../helpers/bare-vm.js';
+import { defineLibvirtGuest, LIBVIRT_URI } from '../helpers/libvirt.js';
 import { createImage } from '../helpers/images.js';
 import { describeHypervisorDriver, type HypervisorFixture } from './hypervisor-driver.js';
 
@@ -63,6 +64,30 @@ describeHypervisorDriver('xen (fake xl)', async (): Promise<HypervisorFixture> =
     },
     async cleanup() {
       delete process.env['FAKE_XL_DIR'];
+      await rm(base, { recursive: true, force: true });
+    },
+  };
+});
+
+/** libvirt through a real libvirtd, on a domain that sits in its firmware (block-layer data only). */
+describeHypervisorDriver('libvirt', async (): Promise<HypervisorFixture> => {
+  const base = await mkdtemp(join(tmpdir(), 'vhl-'));
+  const vda = join(base, 'vda.qcow2');
+  await createImage(vda, 'qcow2', '64M');
+  const guest = await defineLibvirtGuest(join(base, 'vm'), [{ target: 'vda', path: vda }], { memMiB: 64 });
+  const cfg = join(base, 'vmsnap.yaml');
+  await writeFile(
+    cfg,
+    `hosts: [{ name: hv1 }]\ndomains:\n  - name: lv1\n    driver: libvirt\n    uri: ${LIBVIRT_URI}\n    libvirtName: ${guest.name}\n    snapshotRoot: ${join(base, 'snaps')}\n    disks: [{ target: vda, path: ${vda}, format: qcow2 }]\n`,
+  );
+  return {
+    domain: findDomain(await loadConfig(cfg), 'lv1'),
+    snapshotRoot: join(base, 'snaps'),
+    start: () => guest.start(),
+    write: (p) => guest.write('vda', 0, p),
+    holds: (p) => guest.holds('vda', 0, p),
+    async cleanup() {
+      await guest.remove();
       await rm(base, { recursive: true, force: true });
     },
   };

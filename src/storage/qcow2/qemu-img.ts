@@ -88,6 +88,16 @@ export class QemuImg {
     return this.run([...args, path]);
   }
 
+  /** Write `path`'s own data into its backing image `base` (qemu-img commit -b); `path` is left empty. */
+  commit(path: string, base: string) {
+    return this.run(['commit', '-q', '-f', 'qcow2', '-b', base, path]);
+  }
+
+  /** Point `path` at another backing image without copying: only right when both read the same. */
+  rebaseUnsafe(path: string, backing: string, backingFormat: string) {
+    return this.run(['rebase', '-q', '-u', '-f', 'qcow2', '-b', backing, '-F', backingFormat, path]);
+  }
+
   check(path: string) {
     return this.run(['check', '-q', path], 30 * 60_000);
   }
