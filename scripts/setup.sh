@@ -13,6 +13,12 @@ need qemu-system-x86_64 qemu-system-x86
 need redis-server redis-server
 need cpio cpio
 need mkfs.btrfs btrfs-progs
+need virsh libvirt-clients
+need libvirtd libvirt-daemon
+# libvirtd's QEMU driver is a loadable module from its own package.
+[ -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] \
+  || ls /usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so >/dev/null 2>&1 \
+  || pkgs+=(libvirt-daemon-driver-qemu)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing ${pkgs[*]}; run as root or: sudo apt-get install -y ${pkgs[*]}" >&2

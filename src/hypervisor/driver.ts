@@ -66,6 +66,8 @@ export interface DriverStorage {
   checkRevert(manifest: SnapshotManifest): Promise<void>;
   /** Disks back to the snapshot without its memory; the domain is left in `targetState`. */
   revert(manifest: SnapshotManifest, targetState: DomainState): Promise<void>;
+  /** Throw if `delete` would refuse (a conflict), before the snapshot is set aside; read-only. */
+  checkDelete(manifest: SnapshotManifest, others: readonly SnapshotManifest[]): Promise<void>;
   /** Remove the snapshot's disk data, keeping every other snapshot and the active disk whole. */
   delete(manifest: SnapshotManifest, others: readonly SnapshotManifest[]): Promise<void>;
 }

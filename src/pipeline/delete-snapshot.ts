@@ -43,13 +43,15 @@ export async function deleteLocked(
   const { manifest, marked } = await catalog.readForDelete(domain.name, name);
   const disks = manifest.disks.filter((d) => d.mode !== 'no').map((d) => ({ entry: d, disk: findDisk(domain, d.target) }));
   const others = (await catalog.list(domain.name)).snapshots.filter((s) => s.name !== name);
+  const driver = deps.driverFor(domain);
+  // A refusal (a conflict) comes before the snapshot is set aside, so it stays listed.
+  if (!marked && driver.storage !== undefined) await driver.storage.checkDelete(manifest, others);
   if (!marked) await catalog.markDeleting(domain.name, name);
   faultPoint('delete:marked', undefined);
   const log = deps.logger.child({ domain: domain.name, snapshot: name });
 
   // A running hypervisor holds the images open: it removes what it holds (internal tags,
   // frozen images in its active chain); the backends do the rest.
-  const driver = deps.driverFor(domain);
   let handled: readonly { target: string }[] = [];
   if (driver.storage !== undefined) {
     deps.onProgress?.({ step: 'delete:disks' });

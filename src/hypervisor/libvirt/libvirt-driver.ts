@@ -296,14 +296,20 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
 
   // ---- delete ----------------------------------------------------------
 
+  /** How an external snapshot's overlay leaves the chains; planned read-only, so conflicts surface before anything changes. */
+  type Removal =
+    | { kind: 'drop' }
+    | { kind: 'commit'; live: boolean; active: boolean; frozen: string; frozenFormat: string; kids: string[]; definedTop: boolean; liveTop: boolean }
+    | { kind: 'pull'; frozen: string; frozenFormat: string; kids: { file: string; live: boolean }[] };
+
   /**
    * Take `overlay` (an external snapshot's overlay) out of every chain, keeping
    * what the images above it read: commit it into the image it froze when
    * nothing else builds on that image (libvirt's block commit while the domain
    * runs, qemu-img while it is off), else pull its data up into its children.
    */
-  async function removeOverlay(target: string, overlay: string, manifests: readonly SnapshotManifest[]): Promise<void> {
-    if (!(await pathExists(overlay))) return;
+  async function planRemoval(target: string, overlay: string, manifests: readonly SnapshotManifest[]): Promise<Removal> {
+    if (!(await pathExists(overlay))) return { kind: 'drop' };
     const graph = await imageGraph(manifests);
     const frozen = await backingOf(overlay);
     const kids = childrenIn(graph, overlay);
@@ -314,29 +320,45 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
     const liveChain = liveTop === undefined ? [] : (await img.chain(liveTop, { shared: true })).map((i) => i.filename);
     const isTop = overlay === liveTop || overlay === definedTop;
 
-    if (kids.length === 0 && !isTop) return; // a branch tip nothing reads: the file just goes
+    if (kids.length === 0 && !isTop) return { kind: 'drop' }; // a branch tip nothing reads: the file just goes
+    // Internal snapshots taken after this one live inside its overlay; a commit
+    // or pull would leave them in a file that is then deleted.
+    const tags = (await img.info(overlay, { shared: true })).snapshots?.map((t) => t.name) ?? [];
+    if (tags.length > 0) {
+      throw new VmsnapError('conflict', `disk ${target}: ${overlay} holds internal snapshots ${tags.map((t) => JSON.stringify(t)).join(', ')} taken after this one; delete them first`);
+    }
     if (siblings.length === 0) {
-      if (running && liveChain.includes(overlay)) {
-        const active = overlay === liveTop ? ['--active', '--pivot'] : [];
-        await virsh.run(['blockcommit', '--domain', dom, '--path', target, ...active, '--top', overlay, '--base', frozen.path, '--wait'], jobTimeoutMs);
-        if (overlay === definedTop && overlay !== liveTop) await defineWith(new Map([[target, frozen.path]]));
-      } else {
-        await img.commit(overlay, frozen.path);
-        for (const kid of kids) await img.rebaseUnsafe(kid, frozen.path, frozen.format);
-        if (overlay === definedTop) await defineWith(new Map([[target, frozen.path]]));
-      }
-      return;
+      const live = running && liveChain.includes(overlay);
+      return { kind: 'commit', live, active: overlay === liveTop, frozen: frozen.path, frozenFormat: frozen.format, kids, definedTop: overlay === definedTop, liveTop: overlay === liveTop };
     }
     if (isTop) {
       throw new VmsnapError('internal', `disk ${target}: ${overlay} is the active image yet ${frozen.path} has other children (${siblings.join(', ')}); run vmsnap recover, then report this`);
     }
-    for (const kid of kids) {
-      if (running && kid === liveTop) {
-        await virsh.run(['blockpull', '--domain', dom, '--path', target, '--base', frozen.path, '--wait'], jobTimeoutMs);
-      } else if (running && liveChain.includes(kid)) {
+    const pulls = kids.map((kid) => {
+      if (running && kid !== liveTop && liveChain.includes(kid)) {
         throw new VmsnapError('conflict', `disk ${target}: ${kid} builds on this snapshot inside the running chain and the image below has other children; shut the domain down and delete again`);
+      }
+      return { file: kid, live: running && kid === liveTop };
+    });
+    return { kind: 'pull', frozen: frozen.path, frozenFormat: frozen.format, kids: pulls };
+  }
+
+  async function removeOverlay(target: string, overlay: string, manifests: readonly SnapshotManifest[]): Promise<void> {
+    const plan = await planRemoval(target, overlay, manifests);
+    if (plan.kind === 'commit') {
+      if (plan.live) {
+        const active = plan.active ? ['--active', '--pivot'] : [];
+        await virsh.run(['blockcommit', '--domain', dom, '--path', target, ...active, '--top', overlay, '--base', plan.frozen, '--wait'], jobTimeoutMs);
+        if (plan.definedTop && !plan.liveTop) await defineWith(new Map([[target, plan.frozen]]));
       } else {
-        await img.rebase(kid, frozen.path, frozen.format);
+        await img.commit(overlay, plan.frozen);
+        for (const kid of plan.kids) await img.rebaseUnsafe(kid, plan.frozen, plan.frozenFormat);
+        if (plan.definedTop) await defineWith(new Map([[target, plan.frozen]]));
+      }
+    } else if (plan.kind === 'pull') {
+      for (const kid of plan.kids) {
+        if (kid.live) await virsh.run(['blockpull', '--domain', dom, '--path', target, '--base', plan.frozen, '--wait'], jobTimeoutMs);
+        else await img.rebase(kid.file, plan.frozen, plan.frozenFormat);
       }
     }
   }
@@ -380,6 +402,13 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
       await defineWith(fresh);
       if (targetState !== 'shutoff') await virsh.run(['start', '--domain', dom, ...(targetState === 'paused' ? ['--paused'] : [])], jobTimeoutMs);
       await collectActiveGarbage();
+    },
+
+    async checkDelete(manifest, others) {
+      const all = [manifest, ...others];
+      for (const entry of manifest.disks) {
+        if (entry.method === 'libvirt-external' && entry.file !== undefined) await planRemoval(entry.target, entry.file, all);
+      }
     },
 
     async delete(manifest, others) {
