@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/catalog/catalog.js';
 import type { SnapshotManifest } from '../../src/domain/model.js';
 import { defineLibvirtGuest, LIBVIRT_URI, type LibvirtGuest } from '../helpers/libvirt.js';
-import { checkChain, createImage } from '../helpers/images.js';
+import { checkChain, createImage, guestHash } from '../helpers/images.js';
 import { Sink, vmsnap, vmsnapBinary } from '../helpers/cli.js';
 
 /**
@@ -51,16 +51,20 @@ const counterAt = (t: number): number => samples.filter((s) => s.t <= t).at(-1)?
 /** The first counter printed after `t` (an upper bound of what it had counted at `t`, less one). */
 const counterAfter = (t: number): number => samples.find((s) => s.t >= t)?.c ?? Number.POSITIVE_INFINITY;
 
-/** The first counter after `from` log lines that drops below the one before: where the reverted guest resumed. */
+/**
+ * Where the reverted guest resumed: the first counter after `from` log lines
+ * that does not follow the one before (the guest counts by one; a revert jumps,
+ * back or, to a snapshot newer than where the guest is now, forward).
+ */
 async function resumedFrom(from: number): Promise<number> {
   for (let i = 0; i < 600; i++) {
     const all = await guest.counters();
     for (let j = Math.max(from, 1); j < all.length; j++) {
-      if ((all[j] as number) < (all[j - 1] as number)) return all[j] as number;
+      if (all[j] !== (all[j - 1] as number) + 1) return all[j] as number;
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error('the guest never counted from a lower value after the revert');
+  throw new Error('the guest\'s counter never jumped after the revert');
 }
 
 /** Revert with the CLI; the guest resumes inside the snapshot's window [startedAt, finishedAt] and counts on. */
@@ -81,6 +85,8 @@ async function frozenOf(overlay: string): Promise<string> {
   const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', '-U', overlay])).stdout) as { 'full-backing-filename': string };
   return info['full-backing-filename'];
 }
+
+const exists = async (file: string): Promise<boolean> => (await execa('test', ['-e', file], { reject: false })).exitCode === 0;
 
 /** Every image libvirt's domain reads, checked clean; and nothing in the catalog folder outside a chain or snapshot. */
 async function chainOf(target = 'vda'): Promise<string[]> {
@@ -189,4 +195,108 @@ describe('libvirt: the real guest through the queue', () => {
     // ...on a new overlay over the image that snapshot froze, which is unchanged.
     expect(after[1]).toBe(await frozenOf(policy[0]?.disks[0]?.file as string));
   }, 240_000);
+
+  it('a branch: deleting a snapshot on a shared image keeps the overlay a later snapshot needs, and both branches stay whole', async () => {
+    // After the revert the domain reads a new overlay on the frozen image of the
+    // older policy snapshot; that snapshot's own overlay is one branch (holding
+    // the newer snapshot's data), the active disk another.
+    const [older, newer] = (await listed()).filter((s) => s.origin === 'policy') as [SnapshotManifest, SnapshotManifest];
+    const frozen = await frozenOf(older.disks[0]?.file as string);
+    const activeBefore = await guest.source('vda');
+    expect(await frozenOf(activeBefore)).toBe(frozen);
+    expect(await frozenOf(newer.disks[0]?.file as string)).toBe(older.disks[0]?.file);
+    const newerData = await guestHash(older.disks[0]?.file as string, 'qcow2');
+
+    await ok('snapshot', 'delete', DOMAIN, older.name);
+    expect((await listed()).map((s) => s.name)).not.toContain(older.name);
+    expect(await exists(older.disks[0]?.file as string)).toBe(false);
+    // The newer snapshot's data moved out of the deleted folder unchanged, into .active.
+    const kept = await frozenOf(newer.disks[0]?.file as string);
+    expect(dirname(kept)).toMatch(/\/\.active$/);
+    expect(await guestHash(kept, 'qcow2')).toBe(newerData);
+    await checkChain(newer.disks[0]?.file as string);
+    expect(await guest.source('vda')).toBe(activeBefore);
+    await chainOf();
+
+    // ...and it still reverts to what it was.
+    await revertAndCheck((await listed()).find((s) => s.name === newer.name) as SnapshotManifest);
+    // The overlay the first revert made is garbage now that nothing reads it.
+    expect(await exists(activeBefore)).toBe(false);
+    expect(await exists(kept)).toBe(true);
+  }, 120_000);
+
+  it('internal full-system snapshots: taken inside the active image, reverted by libvirt, guarding the external snapshot that holds them', async () => {
+    await ok('snapshot', 'create', DOMAIN, '--name', 'ext', '--live');
+    const ext = (await listed()).find((s) => s.name === 'ext') as SnapshotManifest;
+    expect(await guest.source('vda')).toBe(ext.disks[0]?.file);
+
+    await ok('snapshot', 'create', DOMAIN, '--name', 'int', '--memory', 'internal');
+    const int = (await listed()).find((s) => s.name === 'int') as SnapshotManifest;
+    expect(int).toMatchObject({ kind: 'full', method: 'libvirt-internal', memory: { mode: 'internal' } });
+    expect(int.disks[0]).toMatchObject({ mode: 'internal', method: 'libvirt-internal', tag: 'int' });
+    expect(JSON.parse((await execa('qemu-img', ['info', '--output=json', '-U', ext.disks[0]?.file as string])).stdout).snapshots.map((t: { name: string }) => t.name)).toEqual(['int']);
+    await guest.waitForCounterAbove(counterAt(Date.now()) + 3);
+    await revertAndCheck(int);
+
+    // Deleting ext would commit its overlay, and int with it, away: refused, and ext stays listed.
+    const refused = await cli('snapshot', 'delete', DOMAIN, 'ext');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/holds internal snapshots "int" taken after this one; delete them first/);
+    expect((await listed()).map((s) => s.name)).toContain('ext');
+
+    await ok('snapshot', 'delete', DOMAIN, 'int');
+    expect(JSON.parse((await execa('qemu-img', ['info', '--output=json', '-U', ext.disks[0]?.file as string])).stdout).snapshots ?? []).toEqual([]);
+    // Now ext's overlay, the active image, is block-committed into the image it froze and the domain pivots to it.
+    const frozen = await frozenOf(ext.disks[0]?.file as string);
+    await ok('snapshot', 'delete', DOMAIN, 'ext');
+    expect(await guest.source('vda')).toBe(frozen);
+    await chainOf();
+    expect(await guest.state()).toBe('running');
+    await guest.waitForCounterAbove(counterAt(Date.now()) + 3);
+  }, 120_000);
+});
+
+describe('libvirt: a shut-off domain', () => {
+  it('disk-only external and internal snapshots, revert and delete with qemu-img, the domain XML following', async () => {
+    await virsh('destroy', '--domain', guest.name);
+    const start = await guest.source('vda');
+    await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 8M 1M', start]);
+    await ok('snapshot', 'create', DOMAIN, '--name', 'offx', '--disk', 'vda=external');
+    const offx = (await listed()).find((s) => s.name === 'offx') as SnapshotManifest;
+    expect(offx).toMatchObject({ kind: 'disk-only', state: 'shutoff', consistency: 'offline', method: 'libvirt-offline' });
+    expect(offx.disks[0]).toMatchObject({ method: 'libvirt-external', backing: start });
+    // libvirt defined the domain on the new overlay.
+    expect(await guest.source('vda')).toBe(offx.disks[0]?.file);
+    await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x22 8M 1M', offx.disks[0]?.file as string]);
+
+    await ok('snapshot', 'create', DOMAIN, '--name', 'offi');
+    const offi = (await listed()).find((s) => s.name === 'offi') as SnapshotManifest;
+    expect(offi.disks[0]).toMatchObject({ mode: 'internal', method: 'libvirt-internal' });
+    await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 8M 1M', offx.disks[0]?.file as string]);
+
+    const reads = async (pattern: number) => {
+      const r = await execa('qemu-io', ['-r', '-f', 'qcow2', '-c', `read -P ${pattern} 8M 1M`, await guest.source('vda')]);
+      return !r.stdout.includes('Pattern verification failed');
+    };
+    await ok('snapshot', 'revert', DOMAIN, 'offi');
+    expect(await reads(0x22)).toBe(true);
+    await ok('snapshot', 'revert', DOMAIN, 'offx');
+    expect(await guest.state()).toBe('shut off');
+    const active = await guest.source('vda');
+    expect(dirname(active)).toMatch(/\/\.active$/);
+    expect(await frozenOf(active)).toBe(start);
+    expect(await reads(0x11)).toBe(true);
+
+    // offi's tag is in offx's overlay, which the domain no longer reads: deleted there with qemu-img.
+    await ok('snapshot', 'delete', DOMAIN, 'offi');
+    expect(JSON.parse((await execa('qemu-img', ['info', '--output=json', offx.disks[0]?.file as string])).stdout).snapshots ?? []).toEqual([]);
+    await ok('snapshot', 'delete', DOMAIN, 'offx');
+    expect(await execa('test', ['-e', offx.disks[0]?.file as string], { reject: false }).then((r) => r.exitCode)).not.toBe(0);
+    expect(await guest.source('vda')).toBe(active);
+    await chainOf();
+    expect(await reads(0x11)).toBe(true);
+    const libvirtSnaps = await virsh('snapshot-list', '--domain', guest.name, '--name');
+    expect(libvirtSnaps).not.toMatch(/\boff[xi]\b/);
+    expect(basename(active)).toMatch(/^vda-/);
+  }, 120_000);
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, readdir } from 'node:fs/promises';
+import { chmod, link, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { VmsnapError } from '../../errors.js';
@@ -55,7 +55,11 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
   const dom = domain.libvirtName;
   const catalog = new Catalog(domain.snapshotRoot);
   const domainDir = catalog.domainDir(domain.name);
-  /** Overlays a revert starts the domain on: the active images that belong to no snapshot. */
+  /**
+   * Images that belong to no snapshot: the overlays a revert starts the domain
+   * on, and overlays of deleted snapshots that later images still build on.
+   * Each is removed once nothing reads it or builds on it.
+   */
   const activeDir = join(domainDir, '.active');
 
   const getState = (): Promise<DomainState> => virsh.state();
@@ -139,8 +143,8 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
   }
 
   /** Revert overlays no disk reads from and no image builds on any more. */
-  async function collectActiveGarbage(): Promise<void> {
-    const graph = await imageGraph(await allSnapshots());
+  async function collectActiveGarbage(manifests?: readonly SnapshotManifest[]): Promise<void> {
+    const graph = await imageGraph(manifests ?? (await allSnapshots()));
     const inUse = new Set<string>([...(await virsh.disks(true)).values()]);
     if ((await getState()) !== 'shutoff') for (const s of (await virsh.disks(false)).values()) inUse.add(s);
     for (const f of await readdir(activeDir).catch(() => [] as string[])) {
@@ -299,14 +303,19 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
   /** How an external snapshot's overlay leaves the chains; planned read-only, so conflicts surface before anything changes. */
   type Removal =
     | { kind: 'drop' }
-    | { kind: 'commit'; live: boolean; active: boolean; frozen: string; frozenFormat: string; kids: string[]; definedTop: boolean; liveTop: boolean }
-    | { kind: 'pull'; frozen: string; frozenFormat: string; kids: { file: string; live: boolean }[] };
+    | { kind: 'commit'; live: boolean; active: boolean; frozen: string; frozenFormat: string; kids: string[]; liveChain: string[]; definedTop: boolean; liveTop: boolean }
+    | { kind: 'pull'; frozen: string; frozenFormat: string; kids: { file: string; live: boolean }[] }
+    /** Still needed, unchanged, by the images above it: kept under .active (hard link, children repointed). */
+    | { kind: 'keep'; kids: string[] };
 
   /**
    * Take `overlay` (an external snapshot's overlay) out of every chain, keeping
    * what the images above it read: commit it into the image it froze when
    * nothing else builds on that image (libvirt's block commit while the domain
-   * runs, qemu-img while it is off), else pull its data up into its children.
+   * runs, qemu-img while it is off). When another branch shares that image, it
+   * stays as it is: the overlay is dropped if nothing builds on it, pulled up
+   * into the running domain's revert overlay, or (holding a later snapshot's
+   * data) kept unchanged under .active.
    */
   async function planRemoval(target: string, overlay: string, manifests: readonly SnapshotManifest[]): Promise<Removal> {
     if (!(await pathExists(overlay))) return { kind: 'drop' };
@@ -323,24 +332,36 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
     if (kids.length === 0 && !isTop) return { kind: 'drop' }; // a branch tip nothing reads: the file just goes
     // Internal snapshots taken after this one live inside its overlay; a commit
     // or pull would leave them in a file that is then deleted.
-    const tags = (await img.info(overlay, { shared: true })).snapshots?.map((t) => t.name) ?? [];
+    const tags = await tagsIn(overlay);
     if (tags.length > 0) {
       throw new VmsnapError('conflict', `disk ${target}: ${overlay} holds internal snapshots ${tags.map((t) => JSON.stringify(t)).join(', ')} taken after this one; delete them first`);
     }
     if (siblings.length === 0) {
       const live = running && liveChain.includes(overlay);
-      return { kind: 'commit', live, active: overlay === liveTop, frozen: frozen.path, frozenFormat: frozen.format, kids, definedTop: overlay === definedTop, liveTop: overlay === liveTop };
+      return { kind: 'commit', live, active: overlay === liveTop, frozen: frozen.path, frozenFormat: frozen.format, kids, liveChain, definedTop: overlay === definedTop, liveTop: overlay === liveTop };
     }
     if (isTop) {
       throw new VmsnapError('internal', `disk ${target}: ${overlay} is the active image yet ${frozen.path} has other children (${siblings.join(', ')}); run vmsnap recover, then report this`);
     }
-    const pulls = kids.map((kid) => {
-      if (running && kid !== liveTop && liveChain.includes(kid)) {
-        throw new VmsnapError('conflict', `disk ${target}: ${kid} builds on this snapshot inside the running chain and the image below has other children; shut the domain down and delete again`);
+    // The image below is shared with another branch, so it must stay as it is.
+    // A later snapshot whose data this overlay holds (its frozen image) needs the
+    // overlay kept as well: it moves out of the snapshot's folder, unchanged.
+    const owners = new Set(manifests.flatMap((m) => m.disks.flatMap((d) => (d.method === 'libvirt-external' && d.file !== undefined ? [d.file] : []))));
+    const holdsSnapshotData = kids.some((kid) => owners.has(kid));
+    if (running && liveChain.includes(overlay)) {
+      if (holdsSnapshotData) {
+        throw new VmsnapError('conflict', `disk ${target}: ${overlay} holds a later snapshot's data, the running domain reads through it and ${frozen.path} has other children; shut the domain down and delete again`);
       }
-      return { file: kid, live: running && kid === liveTop };
-    });
-    return { kind: 'pull', frozen: frozen.path, frozenFormat: frozen.format, kids: pulls };
+      // Only revert overlays build on it: pull its data up into them (libvirt for the running one).
+      const pulls = kids.map((kid) => {
+        if (kid !== liveTop && liveChain.includes(kid)) {
+          throw new VmsnapError('conflict', `disk ${target}: ${kid} builds on this snapshot inside the running chain and the image below has other children; shut the domain down and delete again`);
+        }
+        return { file: kid, live: kid === liveTop };
+      });
+      return { kind: 'pull', frozen: frozen.path, frozenFormat: frozen.format, kids: pulls };
+    }
+    return { kind: 'keep', kids };
   }
 
   async function removeOverlay(target: string, overlay: string, manifests: readonly SnapshotManifest[]): Promise<void> {
@@ -349,12 +370,22 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
       if (plan.live) {
         const active = plan.active ? ['--active', '--pivot'] : [];
         await virsh.run(['blockcommit', '--domain', dom, '--path', target, ...active, '--top', overlay, '--base', plan.frozen, '--wait'], jobTimeoutMs);
+        // libvirt moved the image above `overlay` in the running chain; other children
+        // (later snapshots' overlays, off the live chain) now read the same through `frozen`.
+        for (const kid of plan.kids) if (!plan.liveChain.includes(kid)) await img.rebaseUnsafe(kid, plan.frozen, plan.frozenFormat);
         if (plan.definedTop && !plan.liveTop) await defineWith(new Map([[target, plan.frozen]]));
       } else {
         await img.commit(overlay, plan.frozen);
         for (const kid of plan.kids) await img.rebaseUnsafe(kid, plan.frozen, plan.frozenFormat);
         if (plan.definedTop) await defineWith(new Map([[target, plan.frozen]]));
       }
+    } else if (plan.kind === 'keep') {
+      // A second name first, then the children: a crash in between leaves both names valid.
+      await mkdir(activeDir, { recursive: true, mode: DIR_MODE });
+      const kept = join(activeDir, `${target}-kept-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}.qcow2`);
+      await link(overlay, kept);
+      for (const kid of plan.kids) await img.rebaseUnsafe(kid, kept, 'qcow2');
+      log.info({ overlay, kept }, 'overlay kept for the images above it');
     } else if (plan.kind === 'pull') {
       for (const kid of plan.kids) {
         if (kid.live) await virsh.run(['blockpull', '--domain', dom, '--path', target, '--base', plan.frozen, '--wait'], jobTimeoutMs);
@@ -406,6 +437,7 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
 
     async checkDelete(manifest, others) {
       const all = [manifest, ...others];
+      await tagsOutsideActive(manifest, all);
       for (const entry of manifest.disks) {
         if (entry.method === 'libvirt-external' && entry.file !== undefined) await planRemoval(entry.target, entry.file, all);
       }
@@ -416,14 +448,51 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
       for (const entry of manifest.disks) {
         if (entry.method === 'libvirt-external' && entry.file !== undefined) await removeOverlay(entry.target, entry.file, all);
       }
-      const internal = manifest.disks.some((d) => d.method === 'libvirt-internal');
+      let internal = manifest.disks.some((d) => d.method === 'libvirt-internal');
+      // libvirt deletes internal snapshots from the active images only; a later
+      // revert or external snapshot may have left the tag in another image.
+      const held = await tagsOutsideActive(manifest, all);
+      for (const { file, tag } of held) await img.snapshotDelete(file, tag);
+      if (held.length > 0) internal = false;
       if (await virsh.hasSnapshot(manifest.name)) {
         await virsh.run(['snapshot-delete', '--domain', dom, '--snapshotname', manifest.name, ...(internal ? [] : ['--metadata'])], jobTimeoutMs);
       } else if (internal) {
         log.warn({ snapshot: manifest.name }, 'libvirt has no metadata for this internal snapshot any more; nothing to delete there');
       }
+      await collectActiveGarbage(others);
     },
   };
+
+  /**
+   * This snapshot's internal tags that sit in images other than the active
+   * ones (found by looking); throws when such an image is open in the running
+   * domain, where only QEMU may change it.
+   */
+  async function tagsOutsideActive(manifest: SnapshotManifest, manifests: readonly SnapshotManifest[]): Promise<{ file: string; tag: string }[]> {
+    const entries = manifest.disks.filter((d) => d.method === 'libvirt-internal');
+    if (entries.length === 0) return [];
+    const running = (await getState()) !== 'shutoff';
+    const active = await sources(running);
+    const liveChains = new Set<string>();
+    if (running) for (const top of active.values()) for (const i of await img.chain(top, { shared: true })) liveChains.add(i.filename);
+    const graph = await imageGraph(manifests);
+    const out: { file: string; tag: string }[] = [];
+    for (const entry of entries) {
+      const tag = entry.tag ?? manifest.name;
+      const top = active.get(entry.target);
+      if (top !== undefined && (await tagsIn(top)).includes(tag)) continue;
+      for (const file of graph.keys()) {
+        if (file === top || !(await tagsIn(file)).includes(tag)) continue;
+        if (liveChains.has(file)) {
+          throw new VmsnapError('conflict', `disk ${entry.target}: internal snapshot "${tag}" is inside ${file}, which the running domain reads as a backing image; shut the domain down and delete again`);
+        }
+        out.push({ file, tag });
+      }
+    }
+    return out;
+  }
+
+  const tagsIn = async (file: string): Promise<string[]> => (await img.info(file, { shared: true })).snapshots?.map((t) => t.name) ?? [];
 
   /** A new overlay on each external disk's frozen image; the targets and files to point the domain at. */
   async function freshActives(manifest: SnapshotManifest): Promise<Map<string, string>> {
