@@ -300,3 +300,75 @@ describe('libvirt: a shut-off domain', () => {
     expect(basename(active)).toMatch(/^vda-/);
   }, 120_000);
 });
+
+describe('libvirt: crashes and disks vmsnap was not told about', () => {
+  it('killed right after libvirt made the snapshot: recover undoes it, the domain runs on its old chain', async () => {
+    await guest.start();
+    await guest.waitForCounterAbove(2, 90_000);
+    const before = await guest.source('vda');
+    const killed = await vmsnapBinary(['-c', cfg, 'snapshot', 'create', DOMAIN, '--name', 'boom', '--live'], { env: { VMSNAP_FAULT: 'libvirt:created' } });
+    expect(killed.signal).toBe('SIGKILL');
+    // libvirt did its part; vmsnap never listed it.
+    expect(await virsh('snapshot-list', '--domain', guest.name, '--name')).toMatch(/\bboom\b/);
+    expect((await listed()).map((s) => s.name)).not.toContain('boom');
+
+    const r = await cli('recover', '--json');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const [report] = JSON.parse(r.stdout) as { removed: string[] }[];
+    expect(report?.removed).toEqual(['boom']);
+    expect(await guest.state()).toBe('running');
+    expect(await guest.source('vda')).toBe(before);
+    expect(await virsh('snapshot-list', '--domain', guest.name, '--name')).not.toMatch(/\bboom\b/);
+    const listing = await catalog().list(DOMAIN);
+    expect(listing.partial).toEqual([]);
+    expect(await exists(join(root, DOMAIN, 'boom'))).toBe(false);
+    await chainOf();
+    await guest.waitForCounterAbove(counterAt(Date.now()) + 3);
+  }, 180_000);
+
+  it('killed during a revert after the domain was stopped: recover runs the revert again', async () => {
+    await ok('snapshot', 'create', DOMAIN, '--name', 'again', '--live');
+    const again = (await listed()).find((s) => s.name === 'again') as SnapshotManifest;
+    await guest.waitForCounterAbove(counterAt(Date.now()) + 5);
+    const killed = await vmsnapBinary(['-c', cfg, 'snapshot', 'revert', DOMAIN, 'again', '--force'], { env: { VMSNAP_FAULT: 'revert:stopped' } });
+    expect(killed.signal).toBe('SIGKILL');
+    expect(await guest.state()).toBe('shut off');
+    const from = (await guest.counters()).length;
+    const r = await cli('recover');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const resumed = await resumedFrom(from);
+    expect(resumed).toBeGreaterThanOrEqual(counterAt(Date.parse(again.createdAt)));
+    expect(resumed).toBeLessThanOrEqual(counterAfter(Date.parse(again.finishedAt as string)) + 1);
+    expect(await guest.state()).toBe('running');
+    await chainOf();
+  }, 180_000);
+
+  it('refuses a domain whose disk reads from an image outside the config, naming the path and the fix', async () => {
+    const other = join(base, 'other.yaml');
+    await writeFile(
+      other,
+      `stateDir: ${join(base, 'state2')}
+hosts: [{ name: hv1 }]
+defaults: { snapshotRoot: ${join(base, 'snaps2')} }
+domains:
+  - { name: stray, host: hv1, driver: libvirt, uri: "${LIBVIRT_URI}", libvirtName: ${guest.name}, disks: [{ target: vda, path: ${join(base, 'elsewhere.qcow2')}, format: qcow2 }] }
+`,
+    );
+    const source = await guest.source('vda');
+    const libvirtBefore = await virsh('snapshot-list', '--domain', guest.name, '--name');
+    const state = await guest.state();
+    const r = await vmsnap(['-c', other, 'snapshot', 'create', 'stray']);
+    expect(r.code).toBe(65); // bad input: the config does not match the domain
+    expect(r.stderr).toContain(`disk vda of libvirt domain ${guest.name} reads from ${source}, which is neither its configured path ${join(base, 'elsewhere.qcow2')}`);
+    expect(r.stderr).toMatch(/fix the disk's path in the config/);
+    expect(await virsh('snapshot-list', '--domain', guest.name, '--name')).toBe(libvirtBefore);
+    expect(await guest.source('vda')).toBe(source);
+    expect(await guest.state()).toBe(state);
+    const left = await new Catalog(join(base, 'snaps2')).list('stray');
+    expect(left.snapshots).toEqual([]);
+    expect(left.partial).toEqual([]);
+  });
+});
+
