@@ -1,9 +1,11 @@
 /**
- * Guest downtime (QMP STOP → RESUME, as vmsnap records it in the manifest)
- * of each snapshot method of the QEMU driver, on the real test guest with
- * 60% of its RAM full and 64 MiB rewritten in a loop.
+ * Guest downtime (STOP → RESUME, as vmsnap records it in the manifest) of
+ * each snapshot method of the QEMU driver and of the libvirt driver, on the
+ * real test guest with 60% of its RAM full and 64 MiB rewritten in a loop.
+ * The libvirt methods run the same guest as a libvirt domain (a libvirtd is
+ * started if none answers on qemu:///system; root).
  *
- *   npm run bench:downtime [-- --mem 512,2048 --runs 3 --methods pause-save,internal,background,live-migrate]
+ *   npm run bench:downtime [-- --mem 512,2048 --runs 3 --methods pause-save,internal,background,live-migrate,libvirt-live,libvirt-internal]
  *
  * Prints one JSON document: per method and RAM size the median downtime,
  * every run's downtime, total time and memory file size. Needs the test
@@ -18,13 +20,20 @@ import { execa } from 'execa';
 import pino from 'pino';
 import { loadConfig, findDomain, type QemuDomain } from '../src/config/load-config.js';
 import { createQemuDriver } from '../src/hypervisor/qemu/qemu-driver.js';
+import { createLibvirtDriver } from '../src/hypervisor/libvirt/libvirt-driver.js';
+import type { LibvirtDomain } from '../src/config/load-config.js';
+import { defineLibvirtGuest, LIBVIRT_URI } from '../test/helpers/libvirt.js';
 import { createSnapshot, type CreateSnapshotOptions } from '../src/pipeline/create-snapshot.js';
 import { deleteSnapshot } from '../src/pipeline/delete-snapshot.js';
 import { createBackends } from '../src/storage/create-backend.js';
 import type { PipelineDeps } from '../src/pipeline/context.js';
 
-type Method = 'pause-save' | 'internal' | 'background' | 'live-migrate';
-const ALL: Method[] = ['pause-save', 'internal', 'background', 'live-migrate'];
+type QemuMethod = 'pause-save' | 'internal' | 'background' | 'live-migrate';
+type LibvirtMethod = 'libvirt-external' | 'libvirt-live' | 'libvirt-internal';
+type Method = QemuMethod | LibvirtMethod;
+const QEMU_METHODS: Method[] = ['pause-save', 'internal', 'background', 'live-migrate'];
+const LIBVIRT_METHODS: Method[] = ['libvirt-external', 'libvirt-live', 'libvirt-internal'];
+const ALL: Method[] = [...QEMU_METHODS, ...LIBVIRT_METHODS];
 
 const { values } = parseArgs({
   options: {
@@ -43,6 +52,7 @@ if (mems.some((m) => !Number.isInteger(m) || m < 128) || !Number.isInteger(runs)
 
 const guestDir = process.env['VMSNAP_GUEST_DIR'] ?? new URL('../../.cache/guest', import.meta.url).pathname;
 if (!existsSync(join(guestDir, 'vmlinuz'))) throw new Error(`no test guest in ${guestDir}: run test/guest/build-guest.sh`);
+process.env['VMSNAP_GUEST_DIR'] = guestDir; // for the libvirt guest helper
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (xs: number[]): number => {
@@ -94,8 +104,38 @@ async function bootGuest(dir: string, memMiB: number): Promise<{ cfg: string; st
   };
 }
 
+/** The same guest as a libvirt domain (type qemu: TCG), on a fresh 256 MiB qcow2. */
+async function bootLibvirtGuest(dir: string, memMiB: number): Promise<{ cfg: string; stop: () => Promise<void> }> {
+  const disk = join(dir, 'vda.qcow2');
+  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '256M']);
+  const guest = await defineLibvirtGuest(join(dir, 'vm'), [{ target: 'vda', path: disk }], {
+    guest: true,
+    memMiB,
+    cmdline: `vmsnap.fill_mb=${Math.floor(memMiB * 0.6)} vmsnap.dirty_mb=64`,
+  });
+  try {
+    await guest.start();
+    await guest.waitForCounterAbove(1, 120_000);
+  } catch (err) {
+    await guest.remove();
+    throw err;
+  }
+  const cfg = join(dir, 'vmsnap.yaml');
+  await writeFile(
+    cfg,
+    `hosts: [{ name: bench }]\ndomains:\n  - name: bench1\n    driver: libvirt\n    uri: ${LIBVIRT_URI}\n    libvirtName: ${guest.name}\n    snapshotRoot: ${join(dir, 'snaps')}\n    disks:\n      - { target: vda, path: ${disk}, format: qcow2 }\n`,
+  );
+  return { cfg, stop: () => guest.remove() };
+}
+
 function optionsFor(method: Method): CreateSnapshotOptions {
   switch (method) {
+    case 'libvirt-external':
+      return { memory: 'external' };
+    case 'libvirt-live':
+      return { memory: 'external', live: true };
+    case 'libvirt-internal':
+      return { memory: 'internal' };
     case 'pause-save':
       return { disks: { vda: { mode: 'external' } } };
     case 'internal':
@@ -108,49 +148,60 @@ function optionsFor(method: Method): CreateSnapshotOptions {
 
 const results: Record<string, unknown>[] = [];
 const started = Date.now();
-for (const memMiB of mems) {
-  const dir = await mkdtemp(join(tmpdir(), 'vb-'));
-  await mkdir(join(dir, 'snaps'));
-  const guest = await bootGuest(dir, memMiB);
-  try {
-    const domain = findDomain(await loadConfig(guest.cfg), 'bench1') as QemuDomain;
-    for (const method of methods) {
-      const deps: PipelineDeps = {
-        backends: createBackends(),
-        logger: pino({ level: 'silent' }),
-        now: () => new Date(),
-        driverFor: (d) => createQemuDriver(d as QemuDomain, { backgroundSnapshot: method !== 'live-migrate', convergeTimeoutMs: 120_000 }),
-      };
-      const downtimes: number[] = [];
-      const totals: number[] = [];
-      const ran: string[] = [];
-      let memoryBytes = 0;
-      for (let run = 0; run < runs; run++) {
-        const name = `${method}-${run}`;
-        const t0 = performance.now();
-        const report = await createSnapshot(deps, domain, { name, ...optionsFor(method) });
-        totals.push(Math.round(performance.now() - t0));
-        const m = report.manifest;
-        if (m === undefined) throw new Error('no manifest');
-        downtimes.push(m.downtimeMs ?? -1);
-        ran.push(m.method);
-        if (m.memory.mode === 'external') memoryBytes = m.memory.bytes;
-        await deleteSnapshot(deps, domain, name);
-        process.stderr.write(`bench: ${memMiB} MiB ${method} run ${run + 1}/${runs}: downtime ${m.downtimeMs} ms (${m.method})\n`);
+const groups: { driver: 'qemu' | 'libvirt'; methods: Method[]; boot: typeof bootGuest }[] = [
+  { driver: 'qemu', methods: methods.filter((m) => QEMU_METHODS.includes(m)), boot: bootGuest },
+  { driver: 'libvirt', methods: methods.filter((m) => LIBVIRT_METHODS.includes(m)), boot: bootLibvirtGuest },
+];
+for (const group of groups) {
+  if (group.methods.length === 0) continue;
+  for (const memMiB of mems) {
+    const dir = await mkdtemp(join(tmpdir(), 'vb-'));
+    await mkdir(join(dir, 'snaps'));
+    const guest = await group.boot(dir, memMiB);
+    try {
+      const domain = findDomain(await loadConfig(guest.cfg), 'bench1');
+      for (const method of group.methods) {
+        const deps: PipelineDeps = {
+          backends: createBackends(),
+          logger: pino({ level: 'silent' }),
+          now: () => new Date(),
+          driverFor: (d) =>
+            group.driver === 'libvirt'
+              ? createLibvirtDriver(d as LibvirtDomain)
+              : createQemuDriver(d as QemuDomain, { backgroundSnapshot: method !== 'live-migrate', convergeTimeoutMs: 120_000 }),
+        };
+        const downtimes: number[] = [];
+        const totals: number[] = [];
+        const ran: string[] = [];
+        let memoryBytes = 0;
+        for (let run = 0; run < runs; run++) {
+          const name = `${method}-${run}`;
+          const t0 = performance.now();
+          const report = await createSnapshot(deps, domain, { name, ...optionsFor(method) });
+          totals.push(Math.round(performance.now() - t0));
+          const m = report.manifest;
+          if (m === undefined) throw new Error('no manifest');
+          downtimes.push(m.downtimeMs ?? -1);
+          ran.push(m.method);
+          if (m.memory.mode === 'external') memoryBytes = m.memory.bytes;
+          await deleteSnapshot(deps, domain, name);
+          process.stderr.write(`bench: ${memMiB} MiB ${method} run ${run + 1}/${runs}: downtime ${m.downtimeMs} ms (${m.method})\n`);
+        }
+        results.push({
+          driver: group.driver,
+          memMiB,
+          method,
+          methodsRan: [...new Set(ran)],
+          medianDowntimeMs: median(downtimes),
+          downtimesMs: downtimes,
+          medianTotalMs: median(totals),
+          memoryFileMiB: method.endsWith('internal') ? null : Math.round(memoryBytes / 1048576),
+        });
       }
-      results.push({
-        memMiB,
-        method,
-        methodsRan: [...new Set(ran)],
-        medianDowntimeMs: median(downtimes),
-        downtimesMs: downtimes,
-        medianTotalMs: median(totals),
-        memoryFileMiB: method === 'internal' ? null : Math.round(memoryBytes / 1048576),
-      });
+    } finally {
+      await guest.stop();
+      await rm(dir, { recursive: true, force: true });
     }
-  } finally {
-    await guest.stop();
-    await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -159,6 +210,7 @@ process.stdout.write(
     {
       bench: 'downtime',
       qemu: (await execa('qemu-system-x86_64', ['--version'])).stdout.split('\n')[0],
+      libvirt: methods.some((m) => LIBVIRT_METHODS.includes(m)) ? (await execa('virsh', ['--version'])).stdout.trim() : null,
       accel: process.env['VMSNAP_TEST_ACCEL'] ?? 'tcg',
       runs,
       guest: 'test guest, 60% of RAM full, 64 MiB rewritten in a loop',

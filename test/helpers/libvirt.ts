@@ -62,7 +62,7 @@ export interface LibvirtGuest {
 export async function defineLibvirtGuest(
   dir: string,
   disks: readonly { target: string; path: string }[],
-  opts: { memMiB?: number; guest?: boolean; name?: string; tickMs?: number } = {},
+  opts: { memMiB?: number; guest?: boolean; name?: string; tickMs?: number; cmdline?: string } = {},
 ): Promise<LibvirtGuest> {
   await ensureLibvirtd();
   await mkdir(dir, { recursive: true });
@@ -70,7 +70,7 @@ export async function defineLibvirtGuest(
   const serialLog = join(dir, 'serial.log');
   const os = opts.guest === true ? (() => {
     const { kernel, initrd } = guestArtifacts();
-    return `<kernel>${kernel}</kernel><initrd>${initrd}</initrd><cmdline>console=ttyS0 quiet panic=-1 vmsnap.tick_ms=${opts.tickMs ?? 200}</cmdline>`;
+    return `<kernel>${kernel}</kernel><initrd>${initrd}</initrd><cmdline>console=ttyS0 quiet panic=-1 vmsnap.tick_ms=${opts.tickMs ?? 200}${opts.cmdline !== undefined ? ` ${opts.cmdline}` : ''}</cmdline>`;
   })() : '';
   const xml = `<domain type='qemu'>
   <name>${name}</name>
