@@ -361,6 +361,12 @@ function resolveDisks(d: DomainOptions, at: string, paths: Map<string, string>, 
     }
     paths.set(path, `${diskAt} (domain ${d.name}, disk ${disk.target})`);
 
+    if (d.driver === 'libvirt' && disk.backend !== undefined && disk.backend !== 'qcow2') {
+      throw err.at(
+        `${diskAt}.backend`,
+        `${JSON.stringify(disk.backend)} is not used by libvirt domains: libvirt keeps their disk chains (qcow2 overlays, also on raw images); leave backend out`,
+      );
+    }
     const backend: BackendName = disk.backend ?? (disk.format === 'qcow2' ? 'qcow2' : 'file');
     if (backend === 'qcow2' && disk.format !== 'qcow2') {
       throw err.at(`${diskAt}.backend`, `"qcow2" needs format qcow2 and this disk is ${disk.format}; use backend "file" or "btrfs", or leave backend out`);
