@@ -105,6 +105,12 @@ snapshotted internally (a qcow2 tag), raw disks externally (a copy in the
 snapshot folder). An external qcow2 snapshot freezes the current image and
 puts a new overlay at the configured path, so the config stays valid.
 
+libvirt domains: vmsnap runs virsh snapshot-create-as and libvirt keeps the
+chains. Running, their disks default to external (the overlay goes in the
+snapshot folder and the domain reads from it from then on) unless --memory
+internal; --live is libvirt's --live, --quiesce its --quiesce (disk-only);
+a snapshot's disks are all internal or all external.
+
 Examples:
   vmsnap snapshot create web1
   vmsnap snapshot create web1 --name before-upgrade --disk vda=external
