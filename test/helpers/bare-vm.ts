@@ -55,6 +55,29 @@ export interface GuestOptions {
 }
 
 /** Where build-guest.sh put the guest; a clear error when it has not run. */
+/** The test guest's counter as its serial log shows it ("COUNTER n" every tick). */
+export function serialCounter(serialLog: string): {
+  counters(): Promise<number[]>;
+  waitForCounterAbove(n: number, timeoutMs?: number): Promise<number>;
+} {
+  const counters = async (): Promise<number[]> => {
+    const text = await readFile(serialLog, 'utf8').catch(() => '');
+    return [...text.matchAll(/^COUNTER (\d+)\r?$/gm)].map((m) => Number(m[1]));
+  };
+  return {
+    counters,
+    async waitForCounterAbove(n, timeoutMs = 60_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const last = (await counters()).at(-1);
+        if (last !== undefined && last > n) return last;
+        if (Date.now() > deadline) throw new Error(`the guest's counter did not pass ${n} within ${timeoutMs} ms (last ${last ?? 'none'}); see ${serialLog}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+  };
+}
+
 export function guestArtifacts(): { kernel: string; initrd: string } {
   const dir = process.env['VMSNAP_GUEST_DIR'] ?? new URL('../../.cache/guest', import.meta.url).pathname;
   const kernel = join(dir, 'vmlinuz');
@@ -174,25 +197,11 @@ export async function createBareVm(dir: string, disks: BareVmDisk[], memMiB = 12
     }
   };
 
-  const counters = async (): Promise<number[]> => {
-    const text = await readFile(serialLog, 'utf8').catch(() => '');
-    return [...text.matchAll(/^COUNTER (\d+)\r?$/gm)].map((m) => Number(m[1]));
-  };
-
   return {
     dir,
     agentSocket: join(dir, 'qga.sock'),
     serialLog,
-    counters,
-    async waitForCounterAbove(n, timeoutMs = 60_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const last = (await counters()).at(-1);
-        if (last !== undefined && last > n) return last;
-        if (Date.now() > deadline) throw new Error(`the guest's counter did not pass ${n} within ${timeoutMs} ms (last ${last ?? 'none'}); see ${serialLog}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    },
+    ...serialCounter(serialLog),
     async diskCounter(device) {
       const disk = disks.find((d) => d.id === device);
       if (disk === undefined) throw new Error(`no disk ${device}`);

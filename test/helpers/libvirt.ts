@@ -2,7 +2,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { guestArtifacts } from './bare-vm.js';
+import { guestArtifacts, serialCounter } from './bare-vm.js';
 
 /**
  * A real libvirtd for the tests (root, no systemd: see ../shared/QEMU-NOTES.md)
@@ -105,10 +105,6 @@ ${disks.map((d) => `    <disk type='file' device='disk'><driver name='qemu' type
     return `/machine/peripheral/${alias}/virtio-backend`;
   };
   const hmp = async (line: string): Promise<string> => (await virsh(['qemu-monitor-command', '--domain', name, '--hmp', '--cmd', line])).stdout;
-  const counters = async (): Promise<number[]> => {
-    const text = await readFile(serialLog, 'utf8').catch(() => '');
-    return [...text.matchAll(/^COUNTER (\d+)\r?$/gm)].map((m) => Number(m[1]));
-  };
 
   return {
     name,
@@ -131,16 +127,7 @@ ${disks.map((d) => `    <disk type='file' device='disk'><driver name='qemu' type
       if (!stdout.includes('read ') && !stdout.includes('Pattern verification failed')) throw new Error(`qemu-io read on ${path}: ${stdout}`);
       return !stdout.includes('Pattern verification failed');
     },
-    counters,
-    async waitForCounterAbove(n, timeoutMs = 60_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const last = (await counters()).at(-1);
-        if (last !== undefined && last > n) return last;
-        if (Date.now() > deadline) throw new Error(`the guest's counter did not pass ${n} within ${timeoutMs} ms (last ${last ?? 'none'}); see ${serialLog}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    },
+    ...serialCounter(serialLog),
     async remove() {
       await execa('virsh', ['-c', LIBVIRT_URI, 'destroy', '--domain', name], { reject: false });
       await execa('virsh', ['-c', LIBVIRT_URI, 'undefine', '--domain', name, '--snapshots-metadata'], { reject: false });
