@@ -62,12 +62,11 @@ export async function createSnapshot(
   const catalog = catalogFor(domain);
   const log = deps.logger.child({ domain: domain.name });
   // Refuse impossible requests before anything is created on disk; re-checked under the lock.
-  const probe = deps.driverFor(domain);
-  resolveSnapshotSpec(await probe.getState(), diskRefs(domain), options, probe.storage?.rules);
+  const driver = deps.driverFor(domain);
+  resolveSnapshotSpec(await driver.getState(), diskRefs(domain), options, driver.storage?.rules);
   const domainDir = await catalog.ensureDomainDir(domain.name);
   const release = await acquireLocalLock(domainDir, 'snapshot create');
   try {
-    const driver = deps.driverFor(domain);
     const state = await driver.getState();
     const plan = resolveSnapshotSpec(state, diskRefs(domain), options, driver.storage?.rules);
     const listing = await catalog.list(domain.name);

@@ -102,13 +102,14 @@ export async function revertLocked(
     } catch (err) {
       throw atStep('revert:check', err);
     }
-  }
-  for (const { entry, disk } of driver.storage === undefined ? disks : []) {
-    if (restoresMemory && manifest.memory.mode === 'internal') break; // QEMU's snapshot-load checks its own
-    try {
-      await deps.backends[disk.backend].checkRevert(disk, entry);
-    } catch (err) {
-      throw atStep(`revert:${entry.target}`, err);
+  } else if (!(restoresMemory && manifest.memory.mode === 'internal')) {
+    // (QEMU's snapshot-load checks its own internal snapshots.)
+    for (const { entry, disk } of disks) {
+      try {
+        await deps.backends[disk.backend].checkRevert(disk, entry);
+      } catch (err) {
+        throw atStep(`revert:${entry.target}`, err);
+      }
     }
   }
   const wanted = options.paused === true ? 'paused' : options.running === true ? 'running' : manifest.state;

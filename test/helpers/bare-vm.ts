@@ -15,7 +15,8 @@ import { QmpClient } from '../../src/hypervisor/qemu/qmp-client.js';
  *   whose counter (in guest RAM, printed on the serial console and written to
  *   offset 0 of its disks) shows what a revert really restored.
  */
-export interface BareVm {
+/** Counter methods are for the guest only (a bare VM prints none). */
+export interface BareVm extends SerialCounter {
   dir: string;
   qmpSocket: string;
   testSocket: string;
@@ -31,10 +32,6 @@ export interface BareVm {
   status(): Promise<string>;
   /** Guest only: the serial console log, appended across restarts. */
   serialLog: string;
-  /** Guest only: COUNTER values printed on the console, in order. */
-  counters(): Promise<number[]>;
-  /** Guest only: wait until the console shows a counter above `n`; returns it. */
-  waitForCounterAbove(n: number, timeoutMs?: number): Promise<number>;
   /** Guest only: the counter the guest last wrote at offset 0 of a disk, read from outside. */
   diskCounter(device: string): Promise<number>;
   qmp<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
@@ -56,10 +53,22 @@ export interface GuestOptions {
 
 /** Where build-guest.sh put the guest; a clear error when it has not run. */
 /** The test guest's counter as its serial log shows it ("COUNTER n" every tick). */
-export function serialCounter(serialLog: string): {
+export interface SerialCounter {
+  /** COUNTER values printed on the console, in order. */
   counters(): Promise<number[]>;
+  /** Wait until the console shows a counter above `n`; returns it. */
   waitForCounterAbove(n: number, timeoutMs?: number): Promise<number>;
-} {
+  /**
+   * Where the guest resumed after a revert: the first counter after `from`
+   * log lines that does not follow the one before (the guest counts by one; a
+   * revert jumps back, or forward to a snapshot newer than where the guest
+   * is; the old QEMU may still have printed a few lines before it stopped).
+   * `wasOff`: the domain printed nothing since, so its first new line is it.
+   */
+  resumedAfter(from: number, wasOff?: boolean): Promise<number>;
+}
+
+export function serialCounter(serialLog: string): SerialCounter {
   const counters = async (): Promise<number[]> => {
     const text = await readFile(serialLog, 'utf8').catch(() => '');
     return [...text.matchAll(/^COUNTER (\d+)\r?$/gm)].map((m) => Number(m[1]));
@@ -74,6 +83,17 @@ export function serialCounter(serialLog: string): {
         if (Date.now() > deadline) throw new Error(`the guest's counter did not pass ${n} within ${timeoutMs} ms (last ${last ?? 'none'}); see ${serialLog}`);
         await new Promise((r) => setTimeout(r, 50));
       }
+    },
+    async resumedAfter(from, wasOff = false) {
+      for (let i = 0; i < 600; i++) {
+        const all = await counters();
+        if (wasOff && all.length > from) return all[from] as number;
+        for (let j = Math.max(from, 1); j < all.length; j++) {
+          if (all[j] !== (all[j - 1] as number) + 1) return all[j] as number;
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`the guest's counter never jumped after the revert; see ${serialLog}`);
     },
   };
 }

@@ -2,7 +2,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { guestArtifacts, serialCounter } from './bare-vm.js';
+import { guestArtifacts, serialCounter, type SerialCounter } from './bare-vm.js';
 
 /**
  * A real libvirtd for the tests (root, no systemd: see ../shared/QEMU-NOTES.md)
@@ -37,7 +37,7 @@ export async function ensureLibvirtd(): Promise<void> {
   throw new Error('libvirtd did not answer on qemu:///system within 10 s; see /var/log/libvirt');
 }
 
-export interface LibvirtGuest {
+export interface LibvirtGuest extends SerialCounter {
   name: string;
   serialLog: string;
   start(): Promise<void>;
@@ -47,8 +47,6 @@ export interface LibvirtGuest {
   /** Write 1 MiB of `pattern` at `mib` through QEMU's block layer (HMP qemu-io), as the guest would. */
   write(target: string, mib: number, pattern: number): Promise<void>;
   holds(target: string, mib: number, pattern: number): Promise<boolean>;
-  counters(): Promise<number[]>;
-  waitForCounterAbove(n: number, timeoutMs?: number): Promise<number>;
   /** Destroy and undefine the domain with its snapshot metadata. */
   remove(): Promise<void>;
 }

@@ -4,6 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/catalog/catalog.js';
+import { pathExists } from '../../src/catalog/fs-safe.js';
 import type { SnapshotManifest } from '../../src/domain/model.js';
 import { defineLibvirtGuest, LIBVIRT_URI, type LibvirtGuest } from '../helpers/libvirt.js';
 import { checkChain, createImage, guestHash } from '../helpers/images.js';
@@ -51,24 +52,6 @@ const counterAt = (t: number): number => samples.filter((s) => s.t <= t).at(-1)?
 /** The first counter printed after `t` (an upper bound of what it had counted at `t`, less one). */
 const counterAfter = (t: number): number => samples.find((s) => s.t >= t)?.c ?? Number.POSITIVE_INFINITY;
 
-/**
- * Where the reverted guest resumed: the first counter after `from` log lines
- * that does not follow the one before (the guest counts by one; a revert jumps,
- * back or, to a snapshot newer than where the guest is now, forward).
- */
-async function resumedFrom(from: number, wasOff = false): Promise<number> {
-  for (let i = 0; i < 600; i++) {
-    const all = await guest.counters();
-    // A domain that was shut off printed nothing since: its first new line is where it resumed.
-    if (wasOff && all.length > from) return all[from] as number;
-    for (let j = Math.max(from, 1); j < all.length; j++) {
-      if (all[j] !== (all[j - 1] as number) + 1) return all[j] as number;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('the guest\'s counter never jumped after the revert');
-}
-
 /** Revert with the CLI; the guest resumes inside the snapshot's window [createdAt, finishedAt] and counts on. */
 async function revertAndCheck(m: SnapshotManifest): Promise<void> {
   const lower = counterAt(Date.parse(m.createdAt));
@@ -76,7 +59,7 @@ async function revertAndCheck(m: SnapshotManifest): Promise<void> {
   const from = (await guest.counters()).length;
   const wasOff = (await guest.state()) === 'shut off';
   await ok('snapshot', 'revert', DOMAIN, m.name, '--force');
-  const resumed = await resumedFrom(from, wasOff);
+  const resumed = await guest.resumedAfter(from, wasOff);
   expect(resumed).toBeGreaterThanOrEqual(lower);
   expect(resumed).toBeLessThanOrEqual(upper);
   await guest.waitForCounterAbove(resumed + 3);
@@ -89,9 +72,7 @@ async function frozenOf(overlay: string): Promise<string> {
   return info['full-backing-filename'];
 }
 
-const exists = async (file: string): Promise<boolean> => (await execa('test', ['-e', file], { reject: false })).exitCode === 0;
-
-/** Every image libvirt's domain reads, checked clean; and nothing in the catalog folder outside a chain or snapshot. */
+/** Every image disk `target` of the domain reads, top first, each checked clean with qemu-img. */
 async function chainOf(target = 'vda'): Promise<string[]> {
   const top = await guest.source(target);
   return checkChain(top, { inUse: (await guest.state()) === 'running' });
@@ -212,7 +193,7 @@ describe('libvirt: the real guest through the queue', () => {
 
     await ok('snapshot', 'delete', DOMAIN, older.name);
     expect((await listed()).map((s) => s.name)).not.toContain(older.name);
-    expect(await exists(older.disks[0]?.file as string)).toBe(false);
+    expect(await pathExists(older.disks[0]?.file as string)).toBe(false);
     // The newer snapshot's data moved out of the deleted folder unchanged, into .active.
     const kept = await frozenOf(newer.disks[0]?.file as string);
     expect(dirname(kept)).toMatch(/\/\.active$/);
@@ -224,8 +205,8 @@ describe('libvirt: the real guest through the queue', () => {
     // ...and it still reverts to what it was.
     await revertAndCheck((await listed()).find((s) => s.name === newer.name) as SnapshotManifest);
     // The overlay the first revert made is garbage now that nothing reads it.
-    expect(await exists(activeBefore)).toBe(false);
-    expect(await exists(kept)).toBe(true);
+    expect(await pathExists(activeBefore)).toBe(false);
+    expect(await pathExists(kept)).toBe(true);
   }, 120_000);
 
   it('internal full-system snapshots: taken inside the active image, reverted by libvirt, guarding the external snapshot that holds them', async () => {
@@ -348,7 +329,7 @@ describe('libvirt: crashes and disks vmsnap was not told about', () => {
     expect(await virsh('snapshot-list', '--domain', guest.name, '--name')).not.toMatch(/\bboom\b/);
     const listing = await catalog().list(DOMAIN);
     expect(listing.partial).toEqual([]);
-    expect(await exists(join(root, DOMAIN, 'boom'))).toBe(false);
+    expect(await pathExists(join(root, DOMAIN, 'boom'))).toBe(false);
     await chainOf();
     await guest.waitForCounterAbove(counterAt(Date.now()) + 3);
   }, 180_000);
@@ -364,7 +345,7 @@ describe('libvirt: crashes and disks vmsnap was not told about', () => {
     const r = await cli('recover');
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    const resumed = await resumedFrom(from);
+    const resumed = await guest.resumedAfter(from);
     expect(resumed).toBeGreaterThanOrEqual(counterAt(Date.parse(again.createdAt)));
     expect(resumed).toBeLessThanOrEqual(counterAfter(Date.parse(again.finishedAt as string)) + 1);
     expect(await guest.state()).toBe('running');

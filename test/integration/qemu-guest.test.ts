@@ -63,22 +63,6 @@ async function cli(...args: string[]) {
 
 const last = async (): Promise<number> => (await vm.counters()).at(-1) ?? 0;
 
-/**
- * The counter the guest resumed from after a revert: the first value in the
- * log after `from` that drops below the one before it (the old QEMU may still
- * have printed a few lines before it stopped).
- */
-async function resumedFrom(from: number): Promise<number> {
-  for (let i = 0; i < 600; i++) {
-    const all = await vm.counters();
-    for (let j = Math.max(from, 1); j < all.length; j++) {
-      if ((all[j] as number) < (all[j - 1] as number)) return all[j] as number;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('the guest never counted from a lower value after the revert');
-}
-
 interface Taken {
   name: string;
   before: number;
@@ -101,7 +85,7 @@ async function revertAndCheck(t: Taken): Promise<void> {
   const r = await cli('snapshot', 'revert', 'guest1', t.name, '--force');
   expect(r.stderr).not.toMatch(/^vmsnap: (?!warning)/m);
   expect(r.code).toBe(0);
-  const resumed = await resumedFrom(from);
+  const resumed = await vm.resumedAfter(from);
   expect(resumed).toBeGreaterThan(t.before);
   expect(resumed).toBeLessThanOrEqual(t.after + 1);
   // ...and keeps running from there.

@@ -83,6 +83,14 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
     return listed;
   }
 
+  /** The files the domain's disks read from now: its persistent definition, and the running domain's if it runs. */
+  async function readFromNow(): Promise<Set<string>> {
+    const files = new Set<string>([...(await virsh.disks(true)).values()]);
+    if ((await getState()) !== 'shutoff') for (const src of (await virsh.disks(false)).values()) files.add(src);
+    files.delete('');
+    return files;
+  }
+
   /** Every image vmsnap knows of for this domain, with the backing file each one names. */
   async function imageGraph(manifests: readonly SnapshotManifest[]): Promise<Map<string, string | null>> {
     const files = new Set<string>(domain.disks.map((d) => d.path));
@@ -93,9 +101,7 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
         if (typeof d.backing === 'string') files.add(d.backing);
       }
     }
-    const state = await getState();
-    for (const src of (await virsh.disks(true)).values()) if (src !== '') files.add(src);
-    if (state !== 'shutoff') for (const src of (await virsh.disks(false)).values()) if (src !== '') files.add(src);
+    for (const src of await readFromNow()) files.add(src);
     for (const f of await readdir(activeDir).catch(() => [] as string[])) files.add(join(activeDir, f));
     const graph = new Map<string, string | null>();
     for (const f of files) {
@@ -119,11 +125,16 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
     return (await catalog.list(domain.name)).snapshots;
   }
 
+  /** A new, unique path under .active for disk `target` (the folder made if needed). */
+  async function activePath(target: string, label?: string): Promise<string> {
+    await mkdir(activeDir, { recursive: true, mode: DIR_MODE });
+    return join(activeDir, `${[target, label, Date.now().toString(36), randomBytes(3).toString('hex')].filter((p) => p !== undefined).join('-')}.qcow2`);
+  }
+
   /** A fresh overlay on `frozen` for the domain to run on after a revert (the frozen image stays the snapshot's). */
   async function newActive(target: string, frozen: string): Promise<string> {
-    await mkdir(activeDir, { recursive: true, mode: DIR_MODE });
     const info = await img.info(frozen, { shared: true });
-    const file = join(activeDir, `${target}-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}.qcow2`);
+    const file = await activePath(target);
     await img.createOverlay(file, frozen, info.format);
     await chmod(file, FILE_MODE);
     return file;
@@ -145,8 +156,7 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
   /** Revert overlays no disk reads from and no image builds on any more. */
   async function collectActiveGarbage(manifests?: readonly SnapshotManifest[]): Promise<void> {
     const graph = await imageGraph(manifests ?? (await allSnapshots()));
-    const inUse = new Set<string>([...(await virsh.disks(true)).values()]);
-    if ((await getState()) !== 'shutoff') for (const s of (await virsh.disks(false)).values()) inUse.add(s);
+    const inUse = await readFromNow();
     for (const f of await readdir(activeDir).catch(() => [] as string[])) {
       const file = join(activeDir, f);
       if (inUse.has(file) || childrenIn(graph, file).length > 0) continue;
@@ -290,7 +300,7 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
       resumed = true;
     }
     // Never remove a file a disk still reads from.
-    const inUse = new Set([...(await virsh.disks(true)).values(), ...((await getState()) !== 'shutoff' ? (await virsh.disks(false)).values() : [])]);
+    const inUse = await readFromNow();
     for (const f of [...(facts.memoryFile !== undefined ? [facts.memoryFile] : []), ...facts.overlays.map((o) => o.overlay)]) {
       if (inUse.has(f)) throw new VmsnapError('conflict', `domain ${dom} still reads from ${f}; left in place`);
       await removeFileIfPresent(f);
@@ -381,8 +391,7 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
       }
     } else if (plan.kind === 'keep') {
       // A second name first, then the children: a crash in between leaves both names valid.
-      await mkdir(activeDir, { recursive: true, mode: DIR_MODE });
-      const kept = join(activeDir, `${target}-kept-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}.qcow2`);
+      const kept = await activePath(target, 'kept');
       await link(overlay, kept);
       for (const kid of plan.kids) await img.rebaseUnsafe(kid, kept, 'qcow2');
       log.info({ overlay, kept }, 'overlay kept for the images above it');
@@ -404,8 +413,7 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
       for (const entry of manifest.disks) {
         if (entry.method === 'libvirt-internal') {
           const active = listed.get(entry.target) as string;
-          const tags = (await img.info(active, { shared: true })).snapshots?.map((s) => s.name) ?? [];
-          if (!tags.includes(entry.tag ?? manifest.name)) {
+          if (!(await tagsIn(active)).includes(entry.tag ?? manifest.name)) {
             throw new VmsnapError('conflict', `disk ${entry.target}: internal snapshot "${manifest.name}" is not in the active image ${active} (a later external snapshot froze it); revert to that external snapshot instead`);
           }
         } else if (entry.method === 'libvirt-external') {
@@ -448,14 +456,14 @@ export function createLibvirtDriver(domain: LibvirtDomain, options: LibvirtDrive
       for (const entry of manifest.disks) {
         if (entry.method === 'libvirt-external' && entry.file !== undefined) await removeOverlay(entry.target, entry.file, all);
       }
-      let internal = manifest.disks.some((d) => d.method === 'libvirt-internal');
+      const internal = manifest.disks.some((d) => d.method === 'libvirt-internal');
       // libvirt deletes internal snapshots from the active images only; a later
       // revert or external snapshot may have left the tag in another image.
       const held = await tagsOutsideActive(manifest, all);
       for (const { file, tag } of held) await img.snapshotDelete(file, tag);
-      if (held.length > 0) internal = false;
+      const libvirtDeletesTags = internal && held.length === 0;
       if (await virsh.hasSnapshot(manifest.name)) {
-        await virsh.run(['snapshot-delete', '--domain', dom, '--snapshotname', manifest.name, ...(internal ? [] : ['--metadata'])], jobTimeoutMs);
+        await virsh.run(['snapshot-delete', '--domain', dom, '--snapshotname', manifest.name, ...(libvirtDeletesTags ? [] : ['--metadata'])], jobTimeoutMs);
       } else if (internal) {
         log.warn({ snapshot: manifest.name }, 'libvirt has no metadata for this internal snapshot any more; nothing to delete there');
       }
